@@ -1,0 +1,193 @@
+//! A client of the daemon's API, over its Unix socket or TCP with a token.
+//! One HTTP/1 connection per request: simple, and requests are rare next to
+//! what they cause (VM boots, forks).
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::types::{ErrorBody, ExecFrame, ExecRequest, ExecResult, Health, InstanceInfo, RunRequest};
+
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    Tcp { addr: String, token: String },
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "{}", p.display()),
+            Endpoint::Tcp { addr, .. } => write!(f, "tcp://{addr}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the tine daemon at {endpoint} (start it with `tine serve`)")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{message}")]
+    Api { status: u16, kind: String, message: String },
+    #[error("bad answer from the daemon: {0}")]
+    Protocol(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    endpoint: Endpoint,
+}
+
+impl Client {
+    pub fn new(endpoint: Endpoint) -> Client {
+        Client { endpoint }
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<hyper::Response<Incoming>, ClientError> {
+        let connect_err = |e: std::io::Error| ClientError::Connect { endpoint: self.endpoint.to_string(), source: e };
+        let proto = |e: hyper::Error| ClientError::Protocol(e.to_string());
+        let mut req = Request::builder().method(method).uri(path).header("host", "tine");
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        if let Endpoint::Tcp { token, .. } = &self.endpoint {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let (mut sender, conn) = match &self.endpoint {
+            Endpoint::Unix(p) => {
+                let s = tokio::net::UnixStream::connect(p).await.map_err(connect_err)?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.map_err(proto)?;
+                (sender, tokio::spawn(async move { let _ = conn.await; }))
+            }
+            Endpoint::Tcp { addr, .. } => {
+                let s = tokio::net::TcpStream::connect(addr).await.map_err(connect_err)?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.map_err(proto)?;
+                (sender, tokio::spawn(async move { let _ = conn.await; }))
+            }
+        };
+        drop(conn);
+        let resp = sender.send_request(req).await.map_err(proto)?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.map_err(proto)?.to_bytes();
+        Err(api_error(status, &bytes))
+    }
+
+    async fn json<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&impl Serialize>) -> Result<T, ClientError> {
+        let body = body.map(|b| serde_json::to_vec(b).expect("request serializes"));
+        let resp = self.send(method, path, body).await?;
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .to_bytes();
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(format!("{e}")))
+    }
+
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.json(Method::GET, "/v1/health", None::<&()>).await
+    }
+
+    pub async fn list(&self) -> Result<Vec<InstanceInfo>, ClientError> {
+        self.json(Method::GET, "/v1/instances", None::<&()>).await
+    }
+
+    pub async fn get(&self, name: &str) -> Result<InstanceInfo, ClientError> {
+        self.json(Method::GET, &format!("/v1/instances/{}", seg(name)), None::<&()>).await
+    }
+
+    pub async fn run(&self, req: &RunRequest) -> Result<InstanceInfo, ClientError> {
+        self.json(Method::POST, "/v1/instances", Some(req)).await
+    }
+
+    /// start, stop, pause, resume, standby, restore.
+    pub async fn action(&self, name: &str, action: &str) -> Result<InstanceInfo, ClientError> {
+        self.json(Method::POST, &format!("/v1/instances/{}/{action}", seg(name)), None::<&()>).await
+    }
+
+    pub async fn remove(&self, name: &str, force: bool) -> Result<InstanceInfo, ClientError> {
+        self.json(Method::DELETE, &format!("/v1/instances/{}?force={force}", seg(name)), None::<&()>).await
+    }
+
+    pub async fn exec(&self, name: &str, req: &ExecRequest) -> Result<ExecResult, ClientError> {
+        self.json(Method::POST, &format!("/v1/instances/{}/exec", seg(name)), Some(req)).await
+    }
+
+    /// Run a command, calling `on_frame` for each output frame as it arrives.
+    pub async fn exec_stream(
+        &self,
+        name: &str,
+        req: &ExecRequest,
+        mut on_frame: impl FnMut(ExecFrame),
+    ) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(req).expect("request serializes");
+        let resp = self.send(Method::POST, &format!("/v1/instances/{}/exec?stream=true", seg(name)), Some(body)).await?;
+        let mut body = resp.into_body();
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let Some(data) = frame.data_ref() else { continue };
+            buf.extend_from_slice(data);
+            while let Some(i) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=i).collect();
+                let f: ExecFrame = serde_json::from_slice(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                on_frame(f);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stream the serial console to `out` (until the end, or forever with follow).
+    pub async fn logs(&self, name: &str, follow: bool, mut out: impl FnMut(&[u8])) -> Result<(), ClientError> {
+        let resp = self.send(Method::GET, &format!("/v1/instances/{}/logs?follow={follow}", seg(name)), None).await?;
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Protocol(e.to_string()))?;
+            if let Some(data) = frame.data_ref() {
+                out(data);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) => ClientError::Api { status: status.as_u16(), kind: b.kind, message: b.error },
+        Err(_) => ClientError::Api {
+            status: status.as_u16(),
+            kind: "http".into(),
+            message: format!("HTTP {status}: {}", String::from_utf8_lossy(body).trim()),
+        },
+    }
+}
+
+/// Names are validated by the server; percent-encode anything outside the
+/// name alphabet so a bad name reaches it as a name, not as a path.
+fn seg(name: &str) -> String {
+    let mut out = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

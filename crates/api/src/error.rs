@@ -1,0 +1,52 @@
+//! The one place where manager errors become HTTP status codes.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use tine_manager::error::chain;
+use tine_manager::ManagerError;
+
+use crate::types::ErrorBody;
+
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::BAD_REQUEST, kind: "invalid_argument", message: message.into() }
+    }
+}
+
+pub fn status_of(e: &ManagerError) -> (StatusCode, &'static str) {
+    match e {
+        ManagerError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        ManagerError::AlreadyExists(_) => (StatusCode::CONFLICT, "already_exists"),
+        ManagerError::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
+        ManagerError::Conflict { .. } => (StatusCode::CONFLICT, "invalid_state"),
+        ManagerError::Busy { .. } => (StatusCode::CONFLICT, "busy"),
+        ManagerError::Image(_) => (StatusCode::UNPROCESSABLE_ENTITY, "image"),
+        ManagerError::Hypervisor(tine_manager::HvError::BinaryMissing { .. }) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "hypervisor_missing")
+        }
+        ManagerError::Hypervisor(_) => (StatusCode::INTERNAL_SERVER_ERROR, "hypervisor"),
+        ManagerError::Agent { .. } => (StatusCode::BAD_GATEWAY, "agent"),
+        ManagerError::Io { .. } | ManagerError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
+impl From<ManagerError> for ApiError {
+    fn from(e: ManagerError) -> ApiError {
+        let (status, kind) = status_of(&e);
+        ApiError { status, kind, message: chain(&e) }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: self.message, kind: self.kind.into() };
+        (self.status, Json(body)).into_response()
+    }
+}

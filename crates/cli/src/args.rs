@@ -1,0 +1,128 @@
+//! Command-line syntax.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "tine", version, about = "Fork microVMs fast and safely")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Data directory (default: /var/lib/tine as root, $XDG_DATA_HOME/tine otherwise).
+    #[arg(long, global = true, env = "TINE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// API socket (default: DATA_DIR/tine.sock).
+    #[arg(long, global = true, env = "TINE_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Talk to a daemon over TCP (host:port) instead of the Unix socket.
+    #[arg(long, global = true, env = "TINE_HOST")]
+    pub host: Option<String>,
+    /// Bearer token for --host / the TCP listener.
+    #[arg(long, global = true, env = "TINE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon (HTTP/JSON API on a Unix socket, optional TCP).
+    Serve(ServeArgs),
+    /// Create and boot an instance; returns once its guest agent answers.
+    Run(RunArgs),
+    /// List instances.
+    Ps,
+    /// Show one instance.
+    Inspect { name: String },
+    /// Print an instance's serial console.
+    Logs {
+        name: String,
+        /// Keep printing what the console writes.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Run a command in the guest; exits with its status.
+    Exec(ExecArgs),
+    /// Stop an instance (the disk is kept).
+    Stop { name: String },
+    /// Start a stopped instance (or restore one in standby).
+    Start { name: String },
+    /// Pause an instance's vCPUs.
+    Pause { name: String },
+    /// Resume a paused instance.
+    Resume { name: String },
+    /// Park an instance on disk: device state saved, RAM in its memory file, no process.
+    Standby { name: String },
+    /// Bring an instance in standby back where it was.
+    Restore { name: String },
+    /// Remove an instance and its files.
+    Rm {
+        /// Stop it first if it is running.
+        #[arg(short, long)]
+        force: bool,
+        names: Vec<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Guest images directory (default: DATA_DIR/images).
+    #[arg(long, env = "TINE_IMAGES_DIR")]
+    pub images_dir: Option<PathBuf>,
+    /// Accelerator for new VMs: kvm or tcg (default: detect).
+    #[arg(long, env = "TINE_ACCEL")]
+    pub accel: Option<String>,
+    /// Also listen on TCP at this address (requires --token).
+    #[arg(long)]
+    pub listen_tcp: Option<std::net::SocketAddr>,
+    /// QEMU binary.
+    #[arg(long, env = "TINE_QEMU", default_value = "qemu-system-x86_64")]
+    pub qemu: PathBuf,
+    /// Seconds to wait for a booting guest's agent.
+    #[arg(long, default_value_t = 180)]
+    pub boot_timeout: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Guest memory, e.g. 256M or 1G (a bare number is MiB).
+    #[arg(long, default_value = "256M")]
+    pub memory: String,
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    #[arg(long, default_value = "default")]
+    pub image: String,
+    /// Accelerator for this VM: kvm or tcg (default: the daemon's choice).
+    #[arg(long)]
+    pub accel: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    pub name: String,
+    /// Environment variable for the command (repeatable).
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory in the guest.
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// Send this process's stdin to the command.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Kill the command after this many seconds.
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// The command and its arguments (after --).
+    #[arg(last = true, required = true)]
+    pub argv: Vec<String>,
+}

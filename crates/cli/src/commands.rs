@@ -1,0 +1,156 @@
+//! Client commands: call the API, print the answer.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use tine_api::{Client, Endpoint, ExecFrame, ExecRequest, RunRequest};
+
+use crate::args::{Cli, Command, ExecArgs, Global, RunArgs};
+use crate::output;
+
+pub fn default_data_dir() -> PathBuf {
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/var/lib/tine");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("tine");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".local/share/tine")
+}
+
+fn client(g: &Global, data_dir: &std::path::Path) -> Client {
+    match &g.host {
+        Some(addr) => Client::new(Endpoint::Tcp { addr: addr.clone(), token: g.token.clone().unwrap_or_default() }),
+        None => Client::new(Endpoint::Unix(g.socket.clone().unwrap_or_else(|| data_dir.join("tine.sock")))),
+    }
+}
+
+pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let g = cli.global;
+    let data_dir = g.data_dir.clone().unwrap_or_else(default_data_dir);
+    let c = client(&g, &data_dir);
+    let show = |i: &tine_api::InstanceInfo| {
+        if g.json {
+            output::json(i)
+        } else {
+            print!("{}", output::detail(i))
+        }
+    };
+    match cli.command {
+        Command::Serve(a) => crate::serve::serve(&g, a, &data_dir).await?,
+        Command::Run(a) => {
+            let info = c.run(&run_request(a)?).await?;
+            if g.json {
+                output::json(&info)
+            } else {
+                println!("{} {}", info.id, info.name);
+            }
+        }
+        Command::Ps => {
+            let list = c.list().await?;
+            if g.json {
+                output::json(&list)
+            } else {
+                print!("{}", output::table(&list));
+            }
+        }
+        Command::Inspect { name } => show(&c.get(&name).await?),
+        Command::Logs { name, follow } => {
+            let mut stdout = std::io::stdout();
+            c.logs(&name, follow, |b| {
+                let _ = stdout.write_all(b);
+                let _ = stdout.flush();
+            })
+            .await?;
+        }
+        Command::Exec(a) => return exec(&c, g.json, a).await,
+        Command::Stop { name } => show(&c.action(&name, "stop").await?),
+        Command::Start { name } => show(&c.action(&name, "start").await?),
+        Command::Pause { name } => show(&c.action(&name, "pause").await?),
+        Command::Resume { name } => show(&c.action(&name, "resume").await?),
+        Command::Standby { name } => show(&c.action(&name, "standby").await?),
+        Command::Restore { name } => show(&c.action(&name, "restore").await?),
+        Command::Rm { force, names } => {
+            if names.is_empty() {
+                bail!("rm needs at least one instance name");
+            }
+            let mut removed = Vec::new();
+            for n in &names {
+                let info = c.remove(n, force).await?;
+                if !g.json {
+                    println!("{}", info.name);
+                }
+                removed.push(info);
+            }
+            if g.json {
+                output::json(&removed);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_request(a: RunArgs) -> Result<RunRequest> {
+    Ok(RunRequest {
+        name: a.name,
+        memory_mib: Some(output::parse_mib(&a.memory).map_err(anyhow::Error::msg)?),
+        vcpus: Some(a.vcpus),
+        image: Some(a.image),
+        accel: a.accel.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg)?,
+    })
+}
+
+async fn exec(c: &Client, json: bool, a: ExecArgs) -> Result<ExitCode> {
+    let mut req = ExecRequest::new(a.argv);
+    for kv in a.env {
+        let Some((k, v)) = kv.split_once('=') else { bail!("--env wants KEY=VALUE, got {kv:?}") };
+        req.env.insert(k.into(), v.into());
+    }
+    req.cwd = a.workdir;
+    req.timeout_ms = a.timeout.map(|s| s * 1000);
+    if a.interactive {
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf)?;
+        req.stdin = Some(buf);
+    }
+    if json {
+        let res = c.exec(&a.name, &req).await?;
+        output::json(&res);
+        return Ok(exit_code_of(res.exit_code, res.signal));
+    }
+    let mut code = ExitCode::from(1);
+    let mut failure = None;
+    c.exec_stream(&a.name, &req, |f| match f {
+        ExecFrame::Stdout { data } => {
+            let mut o = std::io::stdout();
+            let _ = o.write_all(&data);
+            let _ = o.flush();
+        }
+        ExecFrame::Stderr { data } => {
+            let _ = std::io::stderr().write_all(&data);
+        }
+        ExecFrame::Exit { exit_code, signal, timed_out } => {
+            if timed_out {
+                eprintln!("tine: command timed out");
+            }
+            code = exit_code_of(exit_code, signal);
+        }
+        ExecFrame::Error { error } => failure = Some(error),
+    })
+    .await?;
+    if let Some(e) = failure {
+        bail!("exec failed: {e}");
+    }
+    Ok(code)
+}
+
+fn exit_code_of(code: Option<i32>, signal: Option<i32>) -> ExitCode {
+    match (code, signal) {
+        (Some(c), _) => ExitCode::from(c.clamp(0, 255) as u8),
+        (None, Some(s)) => ExitCode::from((128 + s).clamp(0, 255) as u8),
+        _ => ExitCode::from(1),
+    }
+}

@@ -1,0 +1,46 @@
+//! `tine serve`: open the manager and serve the API until SIGINT/SIGTERM.
+//! VMs are separate processes and keep running when the daemon stops.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tine_api::Listeners;
+use tine_hypervisor::qemu::Qemu;
+use tine_manager::{Config, Manager};
+use tracing::warn;
+
+use crate::args::{Global, ServeArgs};
+
+pub async fn serve(g: &Global, a: ServeArgs, data_dir: &Path) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let mut cfg = Config::new(data_dir.to_path_buf());
+    if let Some(d) = a.images_dir {
+        cfg.images_dir = d;
+    }
+    cfg.accel = a.accel.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg)?;
+    cfg.boot_timeout = Duration::from_secs(a.boot_timeout);
+    let hv = Arc::new(Qemu::new(a.qemu));
+    let mgr = Manager::open(cfg, hv).await.context("cannot open the data directory")?;
+    if let Some(w) = &mgr.accel().warning {
+        warn!("{w}");
+        eprintln!("warning: {w}");
+    }
+    let socket = g.socket.clone().unwrap_or_else(|| data_dir.join("tine.sock"));
+    let listeners = Listeners { unix: socket, tcp: a.listen_tcp, token: g.token.clone() };
+    tine_api::serve(mgr, listeners, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

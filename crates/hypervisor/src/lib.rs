@@ -1,0 +1,136 @@
+//! Hypervisor backends for tine.
+//!
+//! The manager talks to a [`Hypervisor`] and never sees a backend's own types
+//! (QMP commands, command lines). A backend owns the VM *process*: it starts
+//! it from a [`VmSpec`], finds it again after a daemon restart from a
+//! [`VmProcess`] record, pauses, resumes, saves device state and stops it.
+//! What an instance *is* (names, states, metadata) belongs to the manager.
+//!
+//! Guest RAM always lives in a file (`VmSpec::memory_file`) so standby,
+//! snapshots and forks can share it. How the file is mapped is part of the
+//! start request ([`MemoryMapping`]); the caller is responsible for the
+//! memory-file invariant (never map a file with nlink > 1 shared/writable).
+
+mod accel;
+mod process;
+pub mod qemu;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use accel::{detect_accel, Accel, AccelChoice};
+pub use process::{process_alive, process_start_time, wait_exit, VmProcess};
+
+/// Everything a backend needs to start one VM.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// Directory for the backend's runtime files (sockets, pid file, logs).
+    pub run_dir: PathBuf,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+    /// The writable root disk (a qcow2 overlay over the read-only base).
+    pub root_disk: PathBuf,
+    /// Guest RAM backing file.
+    pub memory_file: PathBuf,
+    pub accel: Accel,
+}
+
+/// How guest RAM maps its backing file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryMapping {
+    /// MAP_SHARED: guest writes reach the file. Only for a file with one link.
+    Shared,
+    /// MAP_PRIVATE: copy-on-write, the file is never written.
+    Private,
+}
+
+/// How the VM begins.
+#[derive(Debug, Clone)]
+pub enum Boot {
+    /// Boot the kernel from scratch.
+    Fresh,
+    /// Load device state saved by [`Hypervisor::save_state`]; RAM comes from
+    /// the memory file, mapped as given. The VM is left running.
+    Restore { state_file: PathBuf, mapping: MemoryMapping },
+}
+
+/// Files a running VM exposes to the manager.
+#[derive(Debug, Clone)]
+pub struct VmEndpoints {
+    pub agent_socket: PathBuf,
+    pub console_log: PathBuf,
+}
+
+/// Timings of a save, for metrics and reports.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SaveReport {
+    pub state_bytes: u64,
+    pub pause_ms: f64,
+    pub save_ms: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HvError {
+    #[error("{binary} not found; install it (Debian: apt-get install qemu-system-x86)")]
+    BinaryMissing { binary: String },
+    #[error("socket path too long ({len} bytes, limit 107): {path}")]
+    SocketPathTooLong { path: PathBuf, len: usize },
+    #[error("VM process failed to start: {stderr}")]
+    StartFailed { stderr: String },
+    #[error("VM process is not running")]
+    NotRunning,
+    #[error("QMP command {command} failed: {message}")]
+    Qmp { command: String, message: String },
+    #[error("QMP protocol error: {0}")]
+    QmpProtocol(String),
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, &'static str),
+    #[error("{op} is not supported by the {backend} backend")]
+    Unsupported { backend: &'static str, op: &'static str },
+    #[error("I/O error on {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl HvError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        HvError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+/// A hypervisor backend.
+#[async_trait]
+pub trait Hypervisor: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// Check that the backend can run at all (binary present, version ok).
+    fn check(&self) -> Result<(), HvError>;
+
+    /// Start a VM process. Returns once its vCPUs run (fresh boot: the
+    /// kernel is starting; restore: the saved state is loaded and resumed).
+    async fn start(&self, spec: &VmSpec, boot: Boot) -> Result<VmProcess, HvError>;
+
+    /// Paths of the agent socket and console log for a spec.
+    fn endpoints(&self, run_dir: &Path) -> VmEndpoints;
+
+    async fn pause(&self, run_dir: &Path) -> Result<(), HvError>;
+    async fn resume(&self, run_dir: &Path) -> Result<(), HvError>;
+
+    /// Pause the VM and write its device state to `state_file`, leaving RAM
+    /// in the memory file. The VM stays paused.
+    async fn save_state(&self, run_dir: &Path, state_file: &Path) -> Result<SaveReport, HvError>;
+
+    /// Ask the process to exit (flushing disks), then kill it if it has not
+    /// exited within `grace`.
+    async fn stop(&self, run_dir: &Path, proc: &VmProcess, grace: Duration) -> Result<(), HvError>;
+}

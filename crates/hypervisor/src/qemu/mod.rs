@@ -1,0 +1,239 @@
+//! QEMU backend: `microvm` machine, RAM in a `memory-backend-file`, QMP on a
+//! Unix socket, daemonized process (so VMs outlive the tine daemon).
+//!
+//! Device state is saved with migration to a file and `x-ignore-shared`, so
+//! RAM stays in the memory file and only ~50 KB of device state is written.
+
+mod cmdline;
+mod qmp;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rustix::process::{kill_process, Pid, Signal};
+use serde_json::json;
+use tracing::{debug, warn};
+
+pub use cmdline::{AGENT_PORT_NAME, AGENT_SOCKET, CONSOLE_LOG, PID_FILE, QMP_SOCKET};
+use qmp::Qmp;
+
+use crate::{
+    process_alive, wait_exit, Boot, HvError, Hypervisor, SaveReport, VmEndpoints, VmProcess,
+    VmSpec,
+};
+
+/// Longest path a Unix socket address holds (sun_path minus the NUL).
+const SUN_PATH_MAX: usize = 107;
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const MIGRATE_TIMEOUT: Duration = Duration::from_secs(600);
+
+pub struct Qemu {
+    binary: PathBuf,
+}
+
+impl Qemu {
+    pub fn new(binary: impl Into<PathBuf>) -> Qemu {
+        Qemu { binary: binary.into() }
+    }
+
+    fn qmp_path(run_dir: &Path) -> PathBuf {
+        run_dir.join(QMP_SOCKET)
+    }
+
+    async fn qmp(run_dir: &Path) -> Result<Qmp, HvError> {
+        Qmp::connect(&Self::qmp_path(run_dir)).await
+    }
+
+    fn find_binary(&self) -> Option<PathBuf> {
+        if self.binary.components().count() > 1 {
+            return self.binary.is_file().then(|| self.binary.clone());
+        }
+        let path = std::env::var_os("PATH")?;
+        std::env::split_paths(&path).map(|d| d.join(&self.binary)).find(|c| c.is_file())
+    }
+
+    async fn incoming(run_dir: &Path, state_file: &Path) -> Result<(), HvError> {
+        let mut q = Qmp::connect_retry(&Self::qmp_path(run_dir), START_TIMEOUT).await?;
+        set_ignore_shared(&mut q).await?;
+        let uri = format!("file:{}", state_file.display());
+        q.execute("migrate-incoming", Some(json!({ "uri": uri }))).await?;
+        wait_migration(&mut q, "incoming migration").await?;
+        q.execute("cont", None).await?;
+        Ok(())
+    }
+}
+
+impl Default for Qemu {
+    fn default() -> Self {
+        Qemu::new("qemu-system-x86_64")
+    }
+}
+
+async fn set_ignore_shared(q: &mut Qmp) -> Result<(), HvError> {
+    let caps = json!({ "capabilities": [ { "capability": "x-ignore-shared", "state": true } ] });
+    q.execute("migrate-set-capabilities", Some(caps)).await?;
+    Ok(())
+}
+
+async fn wait_migration(q: &mut Qmp, what: &'static str) -> Result<(), HvError> {
+    let start = Instant::now();
+    let mut nap = Duration::from_micros(200);
+    loop {
+        let info = q.execute("query-migrate", None).await?;
+        match info.get("status").and_then(|s| s.as_str()) {
+            Some("completed") => return Ok(()),
+            Some("failed") | Some("cancelled") => {
+                let msg = info
+                    .get("error-desc")
+                    .and_then(|s| s.as_str())
+                    .unwrap_or("migration failed")
+                    .to_string();
+                return Err(HvError::Qmp { command: "migrate".into(), message: msg });
+            }
+            _ => {}
+        }
+        if start.elapsed() > MIGRATE_TIMEOUT {
+            return Err(HvError::Timeout(MIGRATE_TIMEOUT, what));
+        }
+        tokio::time::sleep(nap).await;
+        nap = (nap * 2).min(Duration::from_millis(20));
+    }
+}
+
+fn check_socket_len(path: &Path) -> Result<(), HvError> {
+    let len = path.as_os_str().len();
+    if len > SUN_PATH_MAX {
+        return Err(HvError::SocketPathTooLong { path: path.into(), len });
+    }
+    Ok(())
+}
+
+fn remove_stale(path: &Path) -> Result<(), HvError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(HvError::io(path, e)),
+    }
+}
+
+/// SIGKILL a process if (and only if) it is still the recorded one.
+pub fn kill(proc: &VmProcess) {
+    if !process_alive(proc) {
+        return;
+    }
+    if let Some(pid) = Pid::from_raw(proc.pid) {
+        if let Err(e) = kill_process(pid, Signal::KILL) {
+            warn!(pid = proc.pid, error = %e, "kill failed");
+        }
+    }
+}
+
+#[async_trait]
+impl Hypervisor for Qemu {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn check(&self) -> Result<(), HvError> {
+        match self.find_binary() {
+            Some(_) => Ok(()),
+            None => Err(HvError::BinaryMissing { binary: self.binary.display().to_string() }),
+        }
+    }
+
+    async fn start(&self, spec: &VmSpec, boot: Boot) -> Result<VmProcess, HvError> {
+        let binary = self
+            .find_binary()
+            .ok_or_else(|| HvError::BinaryMissing { binary: self.binary.display().to_string() })?;
+        let run = &spec.run_dir;
+        for name in [QMP_SOCKET, AGENT_SOCKET] {
+            check_socket_len(&run.join(name))?;
+            remove_stale(&run.join(name))?;
+        }
+        remove_stale(&run.join(PID_FILE))?;
+        let args = cmdline::build(spec, &boot);
+        debug!(?args, "starting qemu");
+        // With -daemonize the launcher exits once the VM is set up, reporting
+        // start-up errors on stderr and leaving the VM outside our process tree.
+        let out = tokio::process::Command::new(&binary)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| HvError::io(&binary, e))?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            return Err(HvError::StartFailed { stderr });
+        }
+        let pid_path = run.join(PID_FILE);
+        let pid_text = std::fs::read_to_string(&pid_path).map_err(|e| HvError::io(&pid_path, e))?;
+        let pid: i32 = pid_text
+            .trim()
+            .parse()
+            .map_err(|_| HvError::StartFailed { stderr: format!("bad pid file: {pid_text:?}") })?;
+        let proc = VmProcess::of_pid(pid).map_err(|_| HvError::StartFailed {
+            stderr: "QEMU exited right after start".into(),
+        })?;
+        if let Boot::Restore { state_file, .. } = &boot {
+            if let Err(e) = Self::incoming(run, state_file).await {
+                kill(&proc);
+                return Err(e);
+            }
+        }
+        Ok(proc)
+    }
+
+    fn endpoints(&self, run_dir: &Path) -> VmEndpoints {
+        VmEndpoints {
+            agent_socket: run_dir.join(AGENT_SOCKET),
+            console_log: run_dir.join(CONSOLE_LOG),
+        }
+    }
+
+    async fn pause(&self, run_dir: &Path) -> Result<(), HvError> {
+        Self::qmp(run_dir).await?.execute("stop", None).await?;
+        Ok(())
+    }
+
+    async fn resume(&self, run_dir: &Path) -> Result<(), HvError> {
+        Self::qmp(run_dir).await?.execute("cont", None).await?;
+        Ok(())
+    }
+
+    async fn save_state(&self, run_dir: &Path, state_file: &Path) -> Result<SaveReport, HvError> {
+        let mut q = Self::qmp(run_dir).await?;
+        let t0 = Instant::now();
+        q.execute("stop", None).await?;
+        let pause_ms = t0.elapsed().as_secs_f64() * 1e3;
+        set_ignore_shared(&mut q).await?;
+        remove_stale(state_file)?;
+        let uri = format!("file:{}", state_file.display());
+        let t1 = Instant::now();
+        q.execute("migrate", Some(json!({ "uri": uri }))).await?;
+        wait_migration(&mut q, "device state save").await?;
+        let save_ms = t1.elapsed().as_secs_f64() * 1e3;
+        let state_bytes = std::fs::metadata(state_file).map(|m| m.len()).unwrap_or(0);
+        Ok(SaveReport { state_bytes, pause_ms, save_ms })
+    }
+
+    async fn stop(&self, run_dir: &Path, proc: &VmProcess, grace: Duration) -> Result<(), HvError> {
+        if !process_alive(proc) {
+            return Ok(());
+        }
+        // `quit` flushes and closes block devices before exiting.
+        if let Ok(mut q) = Self::qmp(run_dir).await {
+            let _ = q.execute("quit", None).await;
+        }
+        if tokio::time::timeout(grace, wait_exit(*proc)).await.is_err() {
+            warn!(pid = proc.pid, "QEMU did not exit after quit; killing");
+            kill(proc);
+            let _ = tokio::time::timeout(Duration::from_secs(5), wait_exit(*proc)).await;
+        }
+        Ok(())
+    }
+}

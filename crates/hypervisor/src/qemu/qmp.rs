@@ -1,0 +1,102 @@
+//! A minimal QMP client: one connection per operation sequence.
+//!
+//! QEMU's QMP socket serves one client at a time; callers serialize their
+//! operations per VM, so a short-lived connection is enough and leaves no
+//! state to recover after a daemon restart.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+
+use crate::HvError;
+
+/// QEMU is outside our trust boundary (a guest may own it): bound lines.
+const MAX_LINE: usize = 4 << 20;
+
+pub struct Qmp {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+}
+
+impl Qmp {
+    /// Connect, read the greeting and enter command mode.
+    pub async fn connect(socket: &Path) -> Result<Qmp, HvError> {
+        let stream = UnixStream::connect(socket).await.map_err(|e| HvError::io(socket, e))?;
+        let (r, w) = stream.into_split();
+        let mut qmp = Qmp { reader: BufReader::new(r), writer: w };
+        let greeting = qmp.read_message().await?;
+        if greeting.get("QMP").is_none() {
+            return Err(HvError::QmpProtocol(format!("unexpected greeting: {greeting}")));
+        }
+        qmp.execute("qmp_capabilities", None).await?;
+        Ok(qmp)
+    }
+
+    /// Connect, retrying while QEMU creates its socket.
+    pub async fn connect_retry(socket: &Path, timeout: Duration) -> Result<Qmp, HvError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match Qmp::connect(socket).await {
+                Ok(q) => return Ok(q),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
+    }
+
+    /// Run one command and return its `return` value. Events are skipped.
+    pub async fn execute(&mut self, command: &str, args: Option<Value>) -> Result<Value, HvError> {
+        let mut msg = json!({ "execute": command });
+        if let Some(a) = args {
+            msg["arguments"] = a;
+        }
+        let mut line = serde_json::to_vec(&msg).expect("json");
+        line.push(b'\n');
+        self.writer
+            .write_all(&line)
+            .await
+            .map_err(|e| HvError::QmpProtocol(format!("write {command}: {e}")))?;
+        loop {
+            let reply = self.read_message().await?;
+            if let Some(ret) = reply.get("return") {
+                return Ok(ret.clone());
+            }
+            if let Some(err) = reply.get("error") {
+                let message = err.get("desc").and_then(Value::as_str).unwrap_or("unknown error");
+                return Err(HvError::Qmp { command: command.into(), message: message.into() });
+            }
+            // An asynchronous event: not ours to handle here.
+        }
+    }
+
+    async fn read_message(&mut self) -> Result<Value, HvError> {
+        let mut buf = Vec::new();
+        loop {
+            let chunk = self
+                .reader
+                .fill_buf()
+                .await
+                .map_err(|e| HvError::QmpProtocol(format!("read: {e}")))?;
+            if chunk.is_empty() {
+                return Err(HvError::QmpProtocol("connection closed".into()));
+            }
+            let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (chunk.len(), false),
+            };
+            buf.extend_from_slice(&chunk[..take]);
+            self.reader.consume(take);
+            if buf.len() > MAX_LINE {
+                return Err(HvError::QmpProtocol("message too large".into()));
+            }
+            if done {
+                return serde_json::from_slice(&buf)
+                    .map_err(|e| HvError::QmpProtocol(format!("bad json: {e}")));
+            }
+        }
+    }
+}

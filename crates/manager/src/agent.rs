@@ -1,0 +1,93 @@
+//! The manager's side of the guest agent: one shared connection per running
+//! instance (QEMU's chardev serves a single client; the client multiplexes
+//! concurrent calls by id), reconnected on demand after a failure.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tine_agent_proto::client::{AgentClient, AgentError, ExecEvent, ExecOutput};
+use tine_agent_proto::ExecRequest;
+use tokio::sync::{mpsc, Mutex};
+
+/// How long a call waits for an already-booted agent to reconnect.
+const RECONNECT: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+pub(crate) struct AgentSlot {
+    inner: Mutex<Option<(PathBuf, Arc<AgentClient>)>>,
+}
+
+impl AgentSlot {
+    /// Forget the connection (the VM stopped or the link broke).
+    pub(crate) async fn reset(&self) {
+        *self.inner.lock().await = None;
+    }
+
+    async fn set(&self, path: &Path, client: AgentClient) -> Arc<AgentClient> {
+        let c = Arc::new(client);
+        *self.inner.lock().await = Some((path.to_path_buf(), c.clone()));
+        c
+    }
+
+    async fn get(&self) -> Result<Arc<AgentClient>, AgentError> {
+        let mut g = self.inner.lock().await;
+        let Some((path, client)) = g.as_ref() else {
+            return Err(AgentError::Disconnected);
+        };
+        if client.ping().await.is_ok() {
+            return Ok(client.clone());
+        }
+        let path = path.clone();
+        let (c, _) = AgentClient::wait_ready(&path, RECONNECT).await?;
+        let c = Arc::new(c);
+        *g = Some((path, c.clone()));
+        Ok(c)
+    }
+}
+
+/// Wait until the agent at `path` answers, and keep the connection.
+pub(crate) async fn wait_ready(slot: &AgentSlot, path: &Path, timeout: Duration) -> Result<(), AgentError> {
+    slot.reset().await;
+    let (client, _pong) = AgentClient::wait_ready(path, timeout).await?;
+    slot.set(path, client).await;
+    Ok(())
+}
+
+/// Re-attach after a daemon restart: remember where the agent is.
+pub(crate) async fn attach(slot: &AgentSlot, path: &Path) -> Result<(), AgentError> {
+    wait_ready(slot, path, RECONNECT).await
+}
+
+pub(crate) async fn exec(slot: &AgentSlot, req: &ExecRequest) -> Result<ExecOutput, AgentError> {
+    slot.get().await?.exec(req.clone()).await
+}
+
+/// Stream an exec's events; a failure mid-way arrives as `Err` and ends it.
+pub(crate) async fn exec_stream(
+    slot: &AgentSlot,
+    req: &ExecRequest,
+) -> Result<mpsc::Receiver<Result<ExecEvent, String>>, AgentError> {
+    let client = slot.get().await?;
+    let mut stream = client.exec_stream(req.clone()).await?;
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        // Keep the client alive for as long as the stream runs.
+        let _client = client;
+        while let Some(ev) = stream.next().await {
+            let item = ev.map_err(|e| crate::error::chain(&e));
+            if tx.send(item).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+pub(crate) async fn sync(slot: &AgentSlot) -> Result<(), AgentError> {
+    slot.get().await?.sync().await
+}
+
+pub(crate) async fn set_clock(slot: &AgentSlot) -> Result<(), AgentError> {
+    slot.get().await?.sync_clock().await
+}

@@ -1,0 +1,203 @@
+//! The instance manager: names, records, the state machine and lifecycle.
+//!
+//! Ownership and ordering: the manager owns one [`Slot`] per instance. Every
+//! state-changing operation holds the slot's `op` lock for its whole
+//! duration, checks the transition with [`state::check`] first (so an illegal
+//! request changes nothing), and persists the record after each durable step.
+//! Reads (`list`, `get`) only take the short `rec` lock and never wait for an
+//! operation. The manager knows neither HTTP nor QEMU: it talks to a
+//! [`Hypervisor`] and to the guest agent.
+
+mod agent;
+pub mod error;
+pub mod image;
+mod memfile;
+pub mod names;
+mod ops;
+pub mod record;
+mod recover;
+mod standby;
+pub mod state;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tine_hypervisor::{AccelChoice, Hypervisor};
+
+pub use error::ManagerError;
+pub use tine_hypervisor::{Accel, HvError};
+pub use record::InstanceRecord;
+pub use state::State;
+pub use tine_agent_proto::client::{ExecEvent, ExecOutput};
+pub use tine_agent_proto::{ExecRequest, ExitStatus};
+
+pub const MIN_MEMORY_MIB: u32 = 64;
+pub const MAX_MEMORY_MIB: u32 = 64 * 1024;
+pub const MAX_VCPUS: u32 = 64;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub images_dir: PathBuf,
+    /// `None`: detect (KVM if usable, TCG otherwise).
+    pub accel: Option<Accel>,
+    /// Process start → guest agent answers.
+    pub boot_timeout: Duration,
+}
+
+impl Config {
+    pub fn new(data_dir: PathBuf) -> Config {
+        let images_dir = data_dir.join("images");
+        Config { data_dir, images_dir, accel: None, boot_timeout: Duration::from_secs(180) }
+    }
+}
+
+/// A request to create and boot an instance.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunRequest {
+    pub name: Option<String>,
+    pub memory_mib: Option<u32>,
+    pub vcpus: Option<u32>,
+    pub image: Option<String>,
+    pub accel: Option<Accel>,
+}
+
+/// What clients see of an instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    pub id: String,
+    pub name: String,
+    pub state: State,
+    pub image: String,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub accel: Accel,
+    pub created_at: u64,
+    pub pid: Option<i32>,
+    pub error: Option<String>,
+    pub boot_ms: Option<f64>,
+    pub dir: PathBuf,
+}
+
+struct Slot {
+    id: String,
+    dir: PathBuf,
+    /// Held for the whole of every state-changing operation.
+    op: tokio::sync::Mutex<()>,
+    rec: Mutex<InstanceRecord>,
+    agent: agent::AgentSlot,
+}
+
+impl Slot {
+    fn record(&self) -> InstanceRecord {
+        self.rec.lock().expect("record lock").clone()
+    }
+
+    fn info(&self) -> InstanceInfo {
+        let r = self.record();
+        InstanceInfo {
+            id: r.id,
+            name: r.name,
+            state: r.state,
+            image: r.image,
+            memory_mib: r.memory_mib,
+            vcpus: r.vcpus,
+            accel: r.accel,
+            created_at: r.created_at,
+            pid: r.process.map(|p| p.pid),
+            error: r.error,
+            boot_ms: r.boot_ms,
+            dir: self.dir.clone(),
+        }
+    }
+
+    /// Apply a change to the record and persist it before anyone sees it.
+    fn update(&self, f: impl FnOnce(&mut InstanceRecord)) -> Result<(), ManagerError> {
+        let mut rec = self.rec.lock().expect("record lock");
+        let mut next = rec.clone();
+        f(&mut next);
+        next.save(&self.dir)
+            .map_err(|e| ManagerError::io(format!("save record of {}", next.name), e))?;
+        *rec = next;
+        Ok(())
+    }
+}
+
+pub struct Manager {
+    cfg: Config,
+    hv: Arc<dyn Hypervisor>,
+    accel: AccelChoice,
+    slots: RwLock<HashMap<String, Arc<Slot>>>,
+}
+
+impl Manager {
+    /// Open the data directory, re-attach to running VMs and mark dead ones.
+    pub async fn open(cfg: Config, hv: Arc<dyn Hypervisor>) -> Result<Arc<Manager>, ManagerError> {
+        let accel = match cfg.accel {
+            Some(a) => AccelChoice { accel: a, warning: None },
+            None => tine_hypervisor::detect_accel(),
+        };
+        std::fs::create_dir_all(cfg.data_dir.join("instances"))
+            .map_err(|e| ManagerError::io(format!("create {}", cfg.data_dir.display()), e))?;
+        let mgr = Arc::new(Manager { cfg, hv, accel, slots: RwLock::new(HashMap::new()) });
+        recover::load_all(&mgr).await?;
+        Ok(mgr)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The accelerator new instances get by default, and why.
+    pub fn accel(&self) -> &AccelChoice {
+        &self.accel
+    }
+
+    pub fn instances_dir(&self) -> PathBuf {
+        self.cfg.data_dir.join("instances")
+    }
+
+    pub fn list(&self) -> Vec<InstanceInfo> {
+        let mut v: Vec<InstanceInfo> =
+            self.slots.read().expect("slots").values().map(|s| s.info()).collect();
+        v.sort_by(|a, b| (a.created_at, &a.name).cmp(&(b.created_at, &b.name)));
+        v
+    }
+
+    pub fn get(&self, name_or_id: &str) -> Result<InstanceInfo, ManagerError> {
+        Ok(self.slot(name_or_id)?.info())
+    }
+
+    /// Path of the serial console log of an instance.
+    pub fn console_log(&self, name_or_id: &str) -> Result<PathBuf, ManagerError> {
+        let slot = self.slot(name_or_id)?;
+        Ok(self.hv.endpoints(&slot.dir).console_log)
+    }
+
+    fn slot(&self, name_or_id: &str) -> Result<Arc<Slot>, ManagerError> {
+        let slots = self.slots.read().expect("slots");
+        if let Some(s) = slots.values().find(|s| s.rec.lock().expect("rec").name == name_or_id) {
+            return Ok(s.clone());
+        }
+        if names::looks_like_id(name_or_id) {
+            if let Some(s) = slots.get(name_or_id) {
+                return Ok(s.clone());
+            }
+        }
+        Err(ManagerError::NotFound(name_or_id.to_string()))
+    }
+
+    fn instance_dir(&self, id: &str) -> PathBuf {
+        self.instances_dir().join(id)
+    }
+}
+
+pub(crate) fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

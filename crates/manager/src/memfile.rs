@@ -1,0 +1,33 @@
+//! The one place that decides how a VM may touch its memory file.
+//!
+//! Invariant (MISSION.md): nothing ever writes into a memory file whose link
+//! count is above one. Every VM start goes through [`prepare`]:
+//! - a fresh boot gets a new file: the old name is unlinked (other links of
+//!   the inode keep their bytes) and QEMU creates a new inode;
+//! - a shared (writable) mapping of an existing file first makes the inode
+//!   exclusive with `ensure_exclusive` (private copy + rename when nlink > 1);
+//! - a private (copy-on-write) mapping never writes, so the file is used as is.
+
+use std::path::Path;
+
+use tine_hypervisor::{Boot, MemoryMapping};
+use tracing::info;
+
+use crate::error::ManagerError;
+
+pub fn prepare(path: &Path, boot: &Boot) -> Result<(), ManagerError> {
+    match boot {
+        Boot::Fresh => match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ManagerError::io(format!("remove old memory file {}", path.display()), e)),
+        },
+        Boot::Restore { mapping: MemoryMapping::Shared, .. } => {
+            let outcome = tine_storage::ensure_exclusive(path)
+                .map_err(|e| ManagerError::Failed(crate::error::chain(&e)))?;
+            info!(path = %path.display(), ?outcome, "memory file made exclusive before a shared mapping");
+            Ok(())
+        }
+        Boot::Restore { mapping: MemoryMapping::Private, .. } => Ok(()),
+    }
+}

@@ -1,0 +1,349 @@
+//! Lifecycle operations. Each one: take the slot's op lock, check the
+//! transition, act, persist. On failure the record says what is true.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tine_hypervisor::{Boot, VmProcess, VmSpec};
+use tracing::{info, warn};
+
+use crate::error::{chain, ManagerError};
+use crate::image::{self, Image};
+use crate::record::{InstanceRecord, SCHEMA};
+use crate::state::{check, Op, State};
+use crate::{agent, memfile, names, now_unix, ExecRequest, InstanceInfo, Manager, RunRequest, Slot};
+
+pub(crate) const ROOT_DISK: &str = "overlay.qcow2";
+pub(crate) const MEMORY_FILE: &str = "memory";
+pub(crate) const STATE_FILE: &str = "vmstate";
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+impl Manager {
+    /// Create and boot an instance; returns once the guest agent answers.
+    /// On any failure the half-made instance is removed entirely.
+    pub async fn run(self: &Arc<Self>, req: RunRequest) -> Result<InstanceInfo, ManagerError> {
+        let memory_mib = req.memory_mib.unwrap_or(256);
+        let vcpus = req.vcpus.unwrap_or(1);
+        validate_size(memory_mib, vcpus)?;
+        let image_name = req.image.clone().unwrap_or_else(|| "default".into());
+        let image = image::load(&self.cfg.images_dir, &image_name)?;
+        self.hv.check()?;
+        let id = names::new_id();
+        let name = match req.name {
+            Some(n) => {
+                names::validate_name(&n).map_err(ManagerError::InvalidArgument)?;
+                n
+            }
+            None => format!("vm-{}", &id[..6]),
+        };
+        let record = InstanceRecord {
+            schema: SCHEMA,
+            id: id.clone(),
+            name: name.clone(),
+            state: State::Created,
+            image: image_name,
+            memory_mib,
+            vcpus,
+            accel: req.accel.unwrap_or(self.accel.accel),
+            created_at: now_unix(),
+            process: None,
+            error: None,
+            boot_ms: None,
+        };
+        let slot = self.reserve(record)?;
+        let guard = slot.op.lock().await;
+        let result = self.create_and_boot(&slot, &image).await;
+        drop(guard);
+        match result {
+            Ok(()) => Ok(slot.info()),
+            Err(e) => {
+                warn!(name, error = %chain(&e), "run failed; removing the half-made instance");
+                self.discard(&slot).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Insert a new slot under a unique name, with its directory and record.
+    fn reserve(&self, record: InstanceRecord) -> Result<Arc<Slot>, ManagerError> {
+        let mut slots = self.slots.write().expect("slots");
+        if slots.values().any(|s| s.rec.lock().expect("rec").name == record.name) {
+            return Err(ManagerError::AlreadyExists(record.name));
+        }
+        let dir = self.instance_dir(&record.id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ManagerError::io(format!("create {}", dir.display()), e))?;
+        record
+            .save(&dir)
+            .map_err(|e| ManagerError::io(format!("save record in {}", dir.display()), e))?;
+        let slot = Arc::new(Slot {
+            id: record.id.clone(),
+            dir,
+            op: tokio::sync::Mutex::new(()),
+            rec: Mutex::new(record),
+            agent: agent::AgentSlot::default(),
+        });
+        slots.insert(slot.id.clone(), slot.clone());
+        Ok(slot)
+    }
+
+    async fn create_and_boot(self: &Arc<Self>, slot: &Arc<Slot>, image: &Image) -> Result<(), ManagerError> {
+        create_overlay(&image.rootfs, &slot.dir.join(ROOT_DISK)).await?;
+        self.boot(slot, image, Boot::Fresh).await
+    }
+
+    /// Start the VM process (the only caller of `Hypervisor::start`), record
+    /// it, and wait for the agent.
+    pub(crate) async fn boot(self: &Arc<Self>, slot: &Arc<Slot>, image: &Image, boot: Boot) -> Result<(), ManagerError> {
+        let rec = slot.record();
+        let spec = self.spec(slot, &rec, image);
+        memfile::prepare(&spec.memory_file, &boot)?;
+        let restoring = matches!(boot, Boot::Restore { .. });
+        let t0 = Instant::now();
+        let proc = self.hv.start(&spec, boot).await?;
+        slot.update(|r| {
+            r.state = State::Running;
+            r.process = Some(proc);
+            r.error = None;
+        })?;
+        self.watch(slot.clone(), proc);
+        let endpoints = self.hv.endpoints(&slot.dir);
+        let ready = agent::wait_ready(&slot.agent, &endpoints.agent_socket, self.cfg.boot_timeout).await;
+        if let Err(e) = ready {
+            let tail = console_tail(&endpoints.console_log, 8);
+            return Err(ManagerError::Failed(format!(
+                "guest agent did not answer: {}; last console lines:\n{tail}",
+                chain(&e)
+            )));
+        }
+        if restoring {
+            if let Err(e) = agent::set_clock(&slot.agent).await {
+                warn!(error = %chain(&e), "could not correct the guest clock");
+            }
+        }
+        let boot_ms = t0.elapsed().as_secs_f64() * 1e3;
+        slot.update(|r| r.boot_ms = Some(boot_ms))?;
+        info!(name = rec.name, boot_ms, "instance running");
+        Ok(())
+    }
+
+    fn spec(&self, slot: &Slot, rec: &InstanceRecord, image: &Image) -> VmSpec {
+        VmSpec {
+            run_dir: slot.dir.clone(),
+            memory_mib: rec.memory_mib,
+            vcpus: rec.vcpus,
+            kernel: image.kernel.clone(),
+            initrd: image.initrd.clone(),
+            cmdline: image.cmdline.clone(),
+            root_disk: slot.dir.join(ROOT_DISK),
+            memory_file: slot.dir.join(MEMORY_FILE),
+            accel: rec.accel,
+        }
+    }
+
+    /// Mark the instance Error if its process dies while it should be alive.
+    pub(crate) fn watch(self: &Arc<Self>, slot: Arc<Slot>, proc: VmProcess) {
+        tokio::spawn(async move {
+            if let Err(e) = tine_hypervisor::wait_exit(proc).await {
+                warn!(pid = proc.pid, error = %e, "cannot watch VM process");
+                return;
+            }
+            // Operations that stop the process hold the op lock until the
+            // record no longer names it, so an expected exit is never flagged.
+            let _g = slot.op.lock().await;
+            let rec = slot.record();
+            if rec.process == Some(proc) && rec.state.has_process() {
+                warn!(name = rec.name, pid = proc.pid, "VM process exited unexpectedly");
+                slot.agent.reset().await;
+                let _ = slot.update(|r| {
+                    r.state = State::Error;
+                    r.process = None;
+                    r.error = Some("VM process exited unexpectedly".into());
+                });
+            }
+        });
+    }
+
+    pub async fn start(self: &Arc<Self>, name: &str) -> Result<InstanceInfo, ManagerError> {
+        let slot = self.slot(name)?;
+        let _g = slot.op.lock().await;
+        let rec = slot.record();
+        self.transition(&rec, Op::Start)?;
+        if rec.state == State::Standby {
+            return self.restore_locked(&slot).await.map(|()| slot.info());
+        }
+        let image = image::load(&self.cfg.images_dir, &rec.image)?;
+        if let Err(e) = self.boot(&slot, &image, Boot::Fresh).await {
+            self.fail(&slot, &e).await;
+            return Err(e);
+        }
+        Ok(slot.info())
+    }
+
+    pub async fn stop(self: &Arc<Self>, name: &str) -> Result<InstanceInfo, ManagerError> {
+        let slot = self.slot(name)?;
+        let _g = slot.op.lock().await;
+        let rec = slot.record();
+        self.transition(&rec, Op::Stop)?;
+        if rec.state == State::Running {
+            // Flush the guest's page cache to its disk before QEMU closes it.
+            if let Err(e) = agent::sync(&slot.agent).await {
+                warn!(name = rec.name, error = %chain(&e), "guest sync failed; stopping anyway");
+            }
+        }
+        self.halt(&slot, &rec).await?;
+        slot.update(|r| {
+            r.state = State::Stopped;
+            r.process = None;
+        })?;
+        // The RAM of a stopped VM is garbage: drop our link to it.
+        let _ = std::fs::remove_file(slot.dir.join(MEMORY_FILE));
+        Ok(slot.info())
+    }
+
+    pub async fn pause(self: &Arc<Self>, name: &str) -> Result<InstanceInfo, ManagerError> {
+        let slot = self.slot(name)?;
+        let _g = slot.op.lock().await;
+        self.transition(&slot.record(), Op::Pause)?;
+        self.hv.pause(&slot.dir).await?;
+        slot.update(|r| r.state = State::Paused)?;
+        Ok(slot.info())
+    }
+
+    pub async fn resume(self: &Arc<Self>, name: &str) -> Result<InstanceInfo, ManagerError> {
+        let slot = self.slot(name)?;
+        let _g = slot.op.lock().await;
+        self.transition(&slot.record(), Op::Resume)?;
+        self.hv.resume(&slot.dir).await?;
+        slot.update(|r| r.state = State::Running)?;
+        Ok(slot.info())
+    }
+
+    pub async fn remove(self: &Arc<Self>, name: &str, force: bool) -> Result<InstanceInfo, ManagerError> {
+        let slot = self.slot(name)?;
+        let _g = slot.op.lock().await;
+        let rec = slot.record();
+        self.transition(&rec, if force { Op::ForceRemove } else { Op::Remove })?;
+        self.halt(&slot, &rec).await?;
+        let info = slot.info();
+        self.slots.write().expect("slots").remove(&slot.id);
+        remove_dir(&slot.dir)?;
+        Ok(info)
+    }
+
+    pub async fn exec(&self, name: &str, req: ExecRequest) -> Result<crate::ExecOutput, ManagerError> {
+        let slot = self.exec_slot(name, &req)?;
+        agent::exec(&slot.agent, &req).await.map_err(|e| self.agent_err(&slot, e))
+    }
+
+    /// Like [`exec`](Self::exec), streaming output events as they arrive.
+    pub async fn exec_stream(
+        &self,
+        name: &str,
+        req: ExecRequest,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<crate::ExecEvent, String>>, ManagerError> {
+        let slot = self.exec_slot(name, &req)?;
+        agent::exec_stream(&slot.agent, &req).await.map_err(|e| self.agent_err(&slot, e))
+    }
+
+    fn exec_slot(&self, name: &str, req: &ExecRequest) -> Result<Arc<Slot>, ManagerError> {
+        if req.argv.is_empty() {
+            return Err(ManagerError::InvalidArgument("exec needs a command".into()));
+        }
+        let slot = self.slot(name)?;
+        self.transition(&slot.record(), Op::Exec)?;
+        Ok(slot)
+    }
+
+    fn agent_err(&self, slot: &Slot, source: tine_agent_proto::client::AgentError) -> ManagerError {
+        ManagerError::Agent { name: slot.record().name, source }
+    }
+
+    pub(crate) fn transition(&self, rec: &InstanceRecord, op: Op) -> Result<Option<State>, ManagerError> {
+        check(rec.state, op).map_err(|source| ManagerError::Conflict { name: rec.name.clone(), source })
+    }
+
+    /// Stop the VM process if there is one (flushing disks), and forget it.
+    pub(crate) async fn halt(&self, slot: &Slot, rec: &InstanceRecord) -> Result<(), ManagerError> {
+        slot.agent.reset().await;
+        if let Some(proc) = rec.process {
+            self.hv.stop(&slot.dir, &proc, STOP_GRACE).await?;
+        }
+        Ok(())
+    }
+
+    /// Record a failed operation: kill whatever is left and enter Error.
+    pub(crate) async fn fail(&self, slot: &Slot, err: &ManagerError) {
+        let rec = slot.record();
+        if let Some(proc) = rec.process {
+            let _ = self.hv.stop(&slot.dir, &proc, Duration::from_secs(2)).await;
+        }
+        slot.agent.reset().await;
+        let _ = slot.update(|r| {
+            r.state = State::Error;
+            r.process = None;
+            r.error = Some(chain(err));
+        });
+    }
+
+    /// Remove a half-made instance entirely: process, directory, slot.
+    async fn discard(&self, slot: &Slot) {
+        let rec = slot.record();
+        let _ = self.halt(slot, &rec).await;
+        self.slots.write().expect("slots").remove(&slot.id);
+        if let Err(e) = remove_dir(&slot.dir) {
+            warn!(error = %chain(&e), "could not remove {}", slot.dir.display());
+        }
+    }
+}
+
+pub(crate) fn validate_size(memory_mib: u32, vcpus: u32) -> Result<(), ManagerError> {
+    if !(crate::MIN_MEMORY_MIB..=crate::MAX_MEMORY_MIB).contains(&memory_mib) {
+        return Err(ManagerError::InvalidArgument(format!(
+            "memory {memory_mib} MiB is out of range ({}..={} MiB)",
+            crate::MIN_MEMORY_MIB,
+            crate::MAX_MEMORY_MIB
+        )));
+    }
+    if !(1..=crate::MAX_VCPUS).contains(&vcpus) {
+        return Err(ManagerError::InvalidArgument(format!(
+            "vcpus {vcpus} is out of range (1..={})",
+            crate::MAX_VCPUS
+        )));
+    }
+    Ok(())
+}
+
+/// The per-instance writable disk: a qcow2 overlay over the shared,
+/// read-only base image (only written blocks take space).
+async fn create_overlay(base: &std::path::Path, overlay: &std::path::Path) -> Result<(), ManagerError> {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(base)
+        .arg(overlay)
+        .output()
+        .await
+        .map_err(|e| ManagerError::io("run qemu-img (apt-get install qemu-utils)", e))?;
+    if !out.status.success() {
+        return Err(ManagerError::Failed(format!(
+            "qemu-img create failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn remove_dir(dir: &std::path::Path) -> Result<(), ManagerError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ManagerError::io(format!("remove {}", dir.display()), e)),
+    }
+}
+
+pub(crate) fn console_tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

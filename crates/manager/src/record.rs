@@ -1,0 +1,133 @@
+//! The persisted instance record: one JSON file per instance directory,
+//! written atomically (temp + fsync + rename), with a schema version.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tine_hypervisor::{Accel, VmProcess};
+
+use crate::state::State;
+
+pub const SCHEMA: u32 = 1;
+pub const RECORD_FILE: &str = "instance.json";
+/// Refuse absurd records instead of allocating for them.
+const MAX_RECORD_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub schema: u32,
+    pub id: String,
+    pub name: String,
+    pub state: State,
+    pub image: String,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub accel: Accel,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// The VM process while one should exist.
+    pub process: Option<VmProcess>,
+    /// Why the instance is in the Error state (or the last failure).
+    pub error: Option<String>,
+    /// Last boot: process start → agent answers.
+    pub boot_ms: Option<f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("cannot read {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("record {path} is {size} bytes, over the {MAX_RECORD_BYTES}-byte limit")]
+    TooLarge { path: String, size: u64 },
+    #[error("record {path} is malformed")]
+    Malformed {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("record {path} has schema {found}, this tine reads {SCHEMA}")]
+    Schema { path: String, found: u32 },
+}
+
+impl InstanceRecord {
+    pub fn load(dir: &Path) -> Result<InstanceRecord, RecordError> {
+        let path = dir.join(RECORD_FILE);
+        let p = path.display().to_string();
+        let meta = std::fs::metadata(&path).map_err(|e| RecordError::Read { path: p.clone(), source: e })?;
+        if meta.len() > MAX_RECORD_BYTES {
+            return Err(RecordError::TooLarge { path: p, size: meta.len() });
+        }
+        let bytes = std::fs::read(&path).map_err(|e| RecordError::Read { path: p.clone(), source: e })?;
+        Self::decode(&bytes, &p)
+    }
+
+    pub fn decode(bytes: &[u8], path: &str) -> Result<InstanceRecord, RecordError> {
+        #[derive(Deserialize)]
+        struct Version {
+            schema: u32,
+        }
+        let v: Version = serde_json::from_slice(bytes)
+            .map_err(|e| RecordError::Malformed { path: path.into(), source: e })?;
+        if v.schema != SCHEMA {
+            return Err(RecordError::Schema { path: path.into(), found: v.schema });
+        }
+        serde_json::from_slice(bytes).map_err(|e| RecordError::Malformed { path: path.into(), source: e })
+    }
+
+    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).expect("record serializes");
+        tine_storage::write_atomic(&dir.join(RECORD_FILE), &bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> InstanceRecord {
+        InstanceRecord {
+            schema: SCHEMA,
+            id: "0123456789ab".into(),
+            name: "web".into(),
+            state: State::Running,
+            image: "default".into(),
+            memory_mib: 256,
+            vcpus: 1,
+            accel: Accel::Tcg,
+            created_at: 1,
+            process: Some(VmProcess { pid: 42, start_time: 7 }),
+            error: None,
+            boot_ms: Some(1200.5),
+        }
+    }
+
+    #[test]
+    fn save_then_load_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = sample();
+        rec.save(dir.path()).unwrap();
+        let back = InstanceRecord::load(dir.path()).unwrap();
+        assert_eq!(back, rec);
+        back.save(dir.path()).unwrap();
+        assert_eq!(InstanceRecord::load(dir.path()).unwrap(), rec);
+    }
+
+    #[test]
+    fn a_future_schema_is_refused_by_version() {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["schema"] = 99.into();
+        let err = InstanceRecord::decode(v.to_string().as_bytes(), "x").unwrap_err();
+        assert!(matches!(err, RecordError::Schema { found: 99, .. }));
+    }
+
+    #[test]
+    fn truncated_record_is_malformed() {
+        let bytes = serde_json::to_vec(&sample()).unwrap();
+        let err = InstanceRecord::decode(&bytes[..bytes.len() / 2], "x").unwrap_err();
+        assert!(matches!(err, RecordError::Malformed { .. }));
+    }
+}

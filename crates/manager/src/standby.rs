@@ -1,0 +1,114 @@
+//! Standby and restore: park a VM on disk (device state saved, RAM left in
+//! its memory file, process gone) and bring it back where it was.
+//!
+//! Crash safety: device state is written to a temp name, made durable with
+//! the memory file, and renamed into place before the record says Standby.
+//! A crash before the rename leaves the old state (Running, or Error if the
+//! process died) and no file that looks like a valid standby.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tine_hypervisor::{Boot, MemoryMapping};
+use tracing::info;
+
+use crate::error::ManagerError;
+use crate::ops::{MEMORY_FILE, STATE_FILE};
+use crate::state::{Op, State};
+use crate::{agent, image, InstanceInfo, Manager, Slot};
+
+const STATE_TMP: &str = "vmstate.tmp";
+
+impl Manager {
+    pub async fn standby(self: &Arc<Self>, name: &str) -> Result<InstanceInfo, ManagerError> {
+        let slot = self.slot(name)?;
+        let _g = slot.op.lock().await;
+        let rec = slot.record();
+        self.transition(&rec, Op::Standby)?;
+        let proc = rec.process.ok_or_else(|| ManagerError::Failed("no VM process recorded".into()))?;
+        let t0 = Instant::now();
+        if rec.state == State::Running {
+            // Durable guest disk first: the overlay is part of what we park.
+            let _ = agent::sync(&slot.agent).await;
+        }
+        let tmp = slot.dir.join(STATE_TMP);
+        let saved = self.hv.save_state(&slot.dir, &tmp).await;
+        let report = match saved {
+            Ok(r) => r,
+            Err(e) => {
+                // The VM is paused mid-save at worst: let it run on.
+                if rec.state == State::Running {
+                    let _ = self.hv.resume(&slot.dir).await;
+                }
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e.into());
+            }
+        };
+        self.hv.stop(&slot.dir, &proc, Duration::from_secs(10)).await?;
+        slot.agent.reset().await;
+        sync_file(&slot.dir.join(MEMORY_FILE))?;
+        sync_file(&tmp)?;
+        std::fs::rename(&tmp, slot.dir.join(STATE_FILE))
+            .map_err(|e| ManagerError::io("rename device state into place", e))?;
+        sync_file(&slot.dir)?;
+        slot.update(|r| {
+            r.state = State::Standby;
+            r.process = None;
+        })?;
+        info!(
+            name = rec.name,
+            total_ms = t0.elapsed().as_secs_f64() * 1e3,
+            pause_ms = report.pause_ms,
+            save_ms = report.save_ms,
+            state_bytes = report.state_bytes,
+            "instance in standby"
+        );
+        Ok(slot.info())
+    }
+
+    pub async fn restore(self: &Arc<Self>, name: &str) -> Result<InstanceInfo, ManagerError> {
+        let slot = self.slot(name)?;
+        let _g = slot.op.lock().await;
+        self.transition(&slot.record(), Op::Restore)?;
+        self.restore_locked(&slot).await?;
+        Ok(slot.info())
+    }
+
+    /// Restore with the op lock held. The memory file is mapped shared, so
+    /// `memfile::prepare` makes it exclusive first (forks keep their inode).
+    pub(crate) async fn restore_locked(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<(), ManagerError> {
+        let rec = slot.record();
+        let state_file = slot.dir.join(STATE_FILE);
+        if !state_file.is_file() || !slot.dir.join(MEMORY_FILE).is_file() {
+            return Err(ManagerError::Failed(format!(
+                "standby files of {} are missing; the instance cannot be restored",
+                rec.name
+            )));
+        }
+        let image = image::load(&self.cfg.images_dir, &rec.image)?;
+        let boot = Boot::Restore { state_file: state_file.clone(), mapping: MemoryMapping::Shared };
+        if let Err(e) = self.boot(slot, &image, boot).await {
+            if slot.record().process.is_some() {
+                // The guest ran: its memory file moved on, the parked state is gone.
+                self.fail(slot, &e).await;
+                return Err(e);
+            }
+            // Nothing ran: the parked files are intact, stay in Standby.
+            let _ = slot.update(|r| {
+                r.state = State::Standby;
+                r.process = None;
+                r.error = Some(crate::error::chain(&e));
+            });
+            return Err(e);
+        }
+        // The memory file now moves on; the saved state no longer matches it.
+        let _ = std::fs::remove_file(&state_file);
+        Ok(())
+    }
+}
+
+fn sync_file(path: &std::path::Path) -> Result<(), ManagerError> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| ManagerError::io(format!("fsync {}", path.display()), e))
+}
