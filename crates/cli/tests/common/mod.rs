@@ -1,0 +1,187 @@
+//! Test harness: a real `tine serve` daemon on a temporary data directory,
+//! driven through the real `tine` CLI binary, booting real QEMU guests.
+//!
+//! The guest image comes from `TINE_IMAGES_DIR` (default
+//! /var/lib/tine/images, where `scripts/setup.sh` builds it). A missing
+//! image or QEMU fails the test loudly: these tests never skip.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::process::{kill_process, Pid, Signal};
+use serde_json::Value;
+
+pub fn images_dir() -> PathBuf {
+    let dir = std::env::var_os("TINE_IMAGES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/tine/images"));
+    assert!(
+        dir.join("default/manifest.json").is_file(),
+        "guest image missing at {}: run scripts/setup.sh (or guest/build.sh {}/default)",
+        dir.display(),
+        dir.display()
+    );
+    dir
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        // Short base path: QEMU's sockets live under it and sun_path is 108 bytes.
+        let tmp = tempfile::Builder::new().prefix("tine-t").tempdir_in("/tmp").unwrap();
+        let data_dir = tmp.path().to_path_buf();
+        let mut d = Daemon { child: None, data_dir, _tmp: tmp };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.join("daemon.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tine"))
+            .args(["serve", "--data-dir"])
+            .arg(&self.data_dir)
+            .arg("--images-dir")
+            .arg(images_dir())
+            .env("TINE_LOG", "info,tine_manager=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.tine(&["ps"]).status.success() {
+            assert!(Instant::now() < deadline, "daemon did not come up:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM the daemon (VMs keep running) and start a new one on the same data.
+    pub fn restart(&mut self) {
+        self.stop_daemon();
+        self.spawn();
+    }
+
+    pub fn stop_daemon(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id() as i32, Signal::TERM);
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn tine(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_tine"))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Run a CLI command that must succeed; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.tine(args);
+        assert!(
+            out.status.success(),
+            "tine {args:?} failed ({}):\nstdout: {}\nstderr: {}\ndaemon log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Run a CLI command that must fail; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.tine(args);
+        assert!(!out.status.success(), "tine {args:?} unexpectedly succeeded");
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    pub fn inspect(&self, name: &str) -> Value {
+        self.json(&["inspect", name])
+    }
+
+    pub fn state(&self, name: &str) -> String {
+        self.inspect(name)["state"].as_str().unwrap().to_string()
+    }
+
+    /// `tine exec NAME -- sh -c SCRIPT`, must exit 0; returns stdout.
+    pub fn sh(&self, name: &str, script: &str) -> String {
+        self.ok(&["exec", name, "--", "sh", "-c", script])
+    }
+
+    pub fn wait_state(&self, name: &str, want: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.state(name) == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{name} never reached {want}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn instance_pids(&self) -> Vec<i32> {
+        let Ok(entries) = std::fs::read_dir(self.data_dir.join("instances")) else { return vec![] };
+        entries
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("qemu.pid")).ok())
+            .filter_map(|s| s.trim().parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop_daemon();
+        // Leave no VM behind, whatever the test did.
+        for pid in self.instance_pids() {
+            if is_qemu(pid) {
+                kill9(pid);
+            }
+        }
+    }
+}
+
+pub fn is_qemu(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("qemu"))
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+}
+
+fn signal(pid: i32, sig: Signal) {
+    if let Some(p) = Pid::from_raw(pid) {
+        let _ = kill_process(p, sig);
+    }
+}
+
+pub fn kill9(pid: i32) {
+    signal(pid, Signal::KILL);
+}

@@ -1,0 +1,104 @@
+//! The instance lifecycle end to end: real daemon, real CLI, real guests.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{kill9, pid_alive, Daemon};
+
+#[test]
+fn run_exec_stop_start_exec_rm_keeps_the_disk_and_relays_status() {
+    let d = Daemon::start();
+
+    let out = d.ok(&["run", "--name", "life"]);
+    assert!(out.trim().ends_with(" life"), "run prints id and name: {out}");
+    assert_eq!(d.state("life"), "running");
+
+    let hello = d.tine(&["exec", "life", "--", "echo", "hello"]);
+    assert_eq!(String::from_utf8_lossy(&hello.stdout), "hello\n");
+    assert!(hello.status.success());
+
+    let failing = d.tine(&["exec", "life", "--", "sh", "-c", "echo oops >&2; exit 7"]);
+    assert_eq!(failing.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&failing.stderr), "oops\n");
+
+    d.sh("life", "echo kept > /root/marker");
+    d.ok(&["stop", "life"]);
+    assert_eq!(d.state("life"), "stopped");
+    assert!(d.inspect("life")["pid"].is_null());
+
+    d.ok(&["start", "life"]);
+    assert_eq!(d.sh("life", "cat /root/marker"), "kept\n");
+
+    d.ok(&["rm", "-f", "life"]);
+    let ps = d.json(&["ps"]);
+    assert_eq!(ps.as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn exec_json_reports_output_and_exit_code() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "j"]);
+
+    let res = d.tine(&["--json", "exec", "j", "--", "sh", "-c", "printf out; exit 3"]);
+    assert_eq!(res.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+    assert_eq!(v["exit_code"], 3);
+    assert_eq!(v["stdout"], "b3V0"); // base64("out")
+}
+
+#[test]
+fn daemon_restart_reattaches_to_a_running_vm() {
+    let mut d = Daemon::start();
+    d.ok(&["run", "--name", "keep"]);
+    let pid = d.inspect("keep")["pid"].as_i64().unwrap();
+
+    d.restart();
+
+    assert_eq!(d.state("keep"), "running");
+    assert_eq!(d.inspect("keep")["pid"].as_i64().unwrap(), pid);
+    assert_eq!(d.sh("keep", "echo still here"), "still here\n");
+}
+
+#[test]
+fn kill_9_of_qemu_is_detected_and_the_instance_can_start_again() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "victim"]);
+    let pid = d.inspect("victim")["pid"].as_i64().unwrap() as i32;
+
+    kill9(pid);
+
+    d.wait_state("victim", "error", Duration::from_secs(10));
+    assert!(!pid_alive(pid));
+    assert!(d.inspect("victim")["error"].as_str().unwrap().contains("exited unexpectedly"));
+    d.ok(&["start", "victim"]);
+    assert_eq!(d.sh("victim", "echo back"), "back\n");
+}
+
+#[test]
+fn a_vm_that_died_while_the_daemon_was_down_is_marked_error() {
+    let mut d = Daemon::start();
+    d.ok(&["run", "--name", "gone"]);
+    let pid = d.inspect("gone")["pid"].as_i64().unwrap() as i32;
+    d.stop_daemon();
+
+    kill9(pid);
+    d.restart();
+
+    assert_eq!(d.state("gone"), "error");
+    assert!(d.inspect("gone")["error"].as_str().unwrap().contains("daemon was down"));
+}
+
+#[test]
+fn paused_vm_resumes_and_answers() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "p"]);
+
+    d.ok(&["pause", "p"]);
+    assert_eq!(d.state("p"), "paused");
+    let refused = d.fails(&["exec", "p", "--", "true"]);
+    assert!(refused.contains("resume it first"), "{refused}");
+    d.ok(&["resume", "p"]);
+
+    assert_eq!(d.sh("p", "echo ok"), "ok\n");
+}
