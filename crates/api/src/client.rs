@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::types::{ErrorBody, ExecFrame, ExecRequest, ExecResult, Health, InstanceInfo, RunRequest};
+use crate::types::{ErrorBody, ForkReport, ForkRequest, ExecFrame, ExecRequest, ExecResult, Health, InstanceInfo, RunRequest};
 
 #[derive(Debug, Clone)]
 pub enum Endpoint {
@@ -123,6 +123,10 @@ impl Client {
 
     pub async fn remove(&self, name: &str, force: bool) -> Result<InstanceInfo, ClientError> {
         self.json(Method::DELETE, &format!("/v1/instances/{}?force={force}", seg(name)), None::<&()>).await
+    }
+
+    pub async fn fork(&self, req: &ForkRequest) -> Result<ForkReport, ClientError> {
+        self.json(Method::POST, &format!("/v1/instances/{}/fork", seg(&req.source)), Some(req)).await
     }
 
     pub async fn exec(&self, name: &str, req: &ExecRequest) -> Result<ExecResult, ClientError> {

@@ -12,6 +12,7 @@
 //! | GET `/v1/instances/{name}`                 |                        | `InstanceInfo`          |
 //! | DELETE `/v1/instances/{name}`              | `?force=true`          | `InstanceInfo`          |
 //! | POST `/v1/instances/{name}/{action}`       | start stop pause resume standby restore | `InstanceInfo` |
+//! | POST `/v1/instances/{name}/fork`           | `ForkRequest`          | `ForkReport`            |
 //! | POST `/v1/instances/{name}/exec`           | `ExecRequest`          | [`ExecResult`]          |
 //! | POST `/v1/instances/{name}/exec?stream=true` | `ExecRequest`        | NDJSON [`ExecFrame`]s   |
 //! | GET `/v1/instances/{name}/logs`            | `?follow=true`         | text (serial console)   |

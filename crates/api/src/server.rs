@@ -19,7 +19,7 @@ use tokio_stream::StreamExt;
 use tracing::info;
 
 use crate::error::ApiError;
-use crate::types::{ExecRequest, ExecResult, Health, InstanceInfo, RunRequest};
+use crate::types::{ExecRequest, ForkReport, ForkRequest, ExecResult, Health, InstanceInfo, RunRequest};
 
 /// Requests are small JSON documents; exec stdin is capped by the agent.
 const BODY_LIMIT: usize = 1 << 20;
@@ -32,6 +32,7 @@ pub fn router(mgr: Arc<Manager>) -> Router {
         .route("/v1/instances", get(list).post(run))
         .route("/v1/instances/{name}", get(inspect).delete(remove))
         .route("/v1/instances/{name}/exec", post(exec))
+        .route("/v1/instances/{name}/fork", post(fork))
         .route("/v1/instances/{name}/logs", get(crate::logs::logs))
         .route("/v1/instances/{name}/{action}", post(action))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -84,6 +85,11 @@ async fn action(State(m): Mgr, Path((name, action)): Path<(String, String)>) -> 
         other => return Err(ApiError::bad_request(format!("unknown action {other:?}"))),
     };
     Ok(Json(info))
+}
+
+async fn fork(State(m): Mgr, Path(name): Path<String>, Json(mut req): Json<ForkRequest>) -> Result<Json<ForkReport>, ApiError> {
+    req.source = name;
+    Ok(Json(m.fork(req).await?))
 }
 
 #[derive(Deserialize)]

@@ -3,7 +3,7 @@
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-pub use tine_manager::{ExecRequest, InstanceInfo, RunRequest, State};
+pub use tine_manager::{ExecRequest, ForkOutcome, ForkReport, ForkRequest, ForkTarget, InstanceInfo, RunRequest, State};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Health {

@@ -51,6 +51,8 @@ pub enum Command {
     },
     /// Run a command in the guest; exits with its status.
     Exec(ExecArgs),
+    /// Fork an instance in standby (or a running one with --from-running).
+    Fork(ForkArgs),
     /// Stop an instance (the disk is kept).
     Stop { name: String },
     /// Start a stopped instance (or restore one in standby).
@@ -125,4 +127,24 @@ pub struct ExecArgs {
     /// The command and its arguments (after --).
     #[arg(last = true, required = true)]
     pub argv: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ForkArgs {
+    /// The source instance.
+    pub source: String,
+    /// Name of the fork (with --count: NAME-1 … NAME-N).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    pub count: u32,
+    /// Fork a running instance: it pauses while its state is captured.
+    #[arg(long)]
+    pub from_running: bool,
+    /// State of the new forks: running or standby.
+    #[arg(long, default_value = "running")]
+    pub target: String,
+    /// Forks made at once.
+    #[arg(long, default_value_t = 4)]
+    pub parallel: u32,
 }

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use tine_api::{Client, Endpoint, ExecFrame, ExecRequest, RunRequest};
+use tine_api::{Client, Endpoint, ExecFrame, ExecRequest, ForkRequest, ForkTarget, RunRequest};
 
-use crate::args::{Cli, Command, ExecArgs, Global, RunArgs};
+use crate::args::{Cli, Command, ExecArgs, ForkArgs, Global, RunArgs};
 use crate::output;
 
 pub fn default_data_dir() -> PathBuf {
@@ -67,6 +67,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             .await?;
         }
         Command::Exec(a) => return exec(&c, g.json, a).await,
+        Command::Fork(a) => return fork(&c, g.json, a).await,
         Command::Stop { name } => show(&c.action(&name, "stop").await?),
         Command::Start { name } => show(&c.action(&name, "start").await?),
         Command::Pause { name } => show(&c.action(&name, "pause").await?),
@@ -153,4 +154,30 @@ fn exit_code_of(code: Option<i32>, signal: Option<i32>) -> ExitCode {
         (None, Some(s)) => ExitCode::from((128 + s).clamp(0, 255) as u8),
         _ => ExitCode::from(1),
     }
+}
+
+async fn fork(c: &Client, json: bool, a: ForkArgs) -> Result<ExitCode> {
+    let target = match a.target.as_str() {
+        "running" => ForkTarget::Running,
+        "standby" => ForkTarget::Standby,
+        other => bail!("unknown fork target {other:?} (running or standby)"),
+    };
+    let req = ForkRequest {
+        source: a.source,
+        name: a.name,
+        count: Some(a.count),
+        from_running: a.from_running,
+        target,
+        parallel: Some(a.parallel),
+    };
+    if !json {
+        eprintln!("forking {} x{} ...", req.source, a.count);
+    }
+    let report = c.fork(&req).await?;
+    if json {
+        output::json(&report);
+    } else {
+        print!("{}", output::fork_table(&report));
+    }
+    Ok(if report.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -61,6 +61,21 @@ pub fn detail(i: &InstanceInfo) -> String {
     out
 }
 
+pub fn fork_table(r: &tine_api::ForkReport) -> String {
+    let ms = |v: Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into());
+    let mut out = format!("{:<24} {:<14} {:>11} {:>9}  {}\n", "NAME", "ID", "RUNNING_MS", "READY_MS", "RESULT");
+    for f in &r.forks {
+        let id = f.instance.as_ref().map(|i| i.id.as_str()).unwrap_or("-");
+        let result = f.error.as_deref().unwrap_or("ok");
+        let _ = writeln!(out, "{:<24} {:<14} {:>11} {:>9}  {}", f.name, id, ms(f.running_ms), ms(f.ready_ms), result);
+    }
+    let _ = writeln!(out, "{} ok, {} failed in {:.1} ms", r.ok, r.failed, r.wall_ms);
+    if let Some(p) = r.source_pause_ms {
+        let _ = writeln!(out, "source paused {p:.1} ms");
+    }
+    out
+}
+
 /// "256M", "1G", "512" (MiB) → MiB.
 pub fn parse_mib(s: &str) -> Result<u32, String> {
     let t = s.trim();

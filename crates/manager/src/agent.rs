@@ -91,3 +91,35 @@ pub(crate) async fn sync(slot: &AgentSlot) -> Result<(), AgentError> {
 pub(crate) async fn set_clock(slot: &AgentSlot) -> Result<(), AgentError> {
     slot.get().await?.sync_clock().await
 }
+
+/// What makes a fork unique, applied by the agent right after resume.
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    pub hostname: String,
+    pub machine_id: String,
+}
+
+impl Identity {
+    pub(crate) fn new(hostname: &str) -> Identity {
+        Identity { hostname: hostname.into(), machine_id: uuid::Uuid::new_v4().simple().to_string() }
+    }
+}
+
+/// Fresh entropy (reseeds the guest CRNG, so forks diverge), hostname,
+/// machine-id and wall clock.
+pub(crate) async fn make_unique(slot: &AgentSlot, id: &Identity) -> Result<(), AgentError> {
+    let client = slot.get().await?;
+    let mut seed = [0u8; 64];
+    seed[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    seed[16..32].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    seed[32..48].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    seed[48..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    let (a, b, c) = tokio::join!(
+        client.add_entropy(&seed),
+        client.set_identity(Some(&id.hostname), Some(&id.machine_id)),
+        client.sync_clock()
+    );
+    a?;
+    b?;
+    c
+}

@@ -10,6 +10,7 @@
 
 mod agent;
 pub mod error;
+pub mod fork;
 pub mod image;
 mod memfile;
 pub mod names;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use tine_hypervisor::{AccelChoice, Hypervisor};
 
 pub use error::ManagerError;
+pub use fork::{ForkOutcome, ForkReport, ForkRequest, ForkTarget};
 pub use tine_hypervisor::{Accel, HvError};
 pub use record::InstanceRecord;
 pub use state::State;

@@ -49,6 +49,8 @@ impl Manager {
             process: None,
             error: None,
             boot_ms: None,
+            memory: tine_hypervisor::MemoryMapping::Shared,
+            parent: None,
         };
         let slot = self.reserve(record)?;
         let guard = slot.op.lock().await;
@@ -65,7 +67,7 @@ impl Manager {
     }
 
     /// Insert a new slot under a unique name, with its directory and record.
-    fn reserve(&self, record: InstanceRecord) -> Result<Arc<Slot>, ManagerError> {
+    pub(crate) fn reserve(&self, record: InstanceRecord) -> Result<Arc<Slot>, ManagerError> {
         let mut slots = self.slots.write().expect("slots");
         if slots.values().any(|s| s.rec.lock().expect("rec").name == record.name) {
             return Err(ManagerError::AlreadyExists(record.name));
@@ -87,20 +89,28 @@ impl Manager {
         Ok(slot)
     }
 
-    async fn create_and_boot(self: &Arc<Self>, slot: &Arc<Slot>, image: &Image) -> Result<(), ManagerError> {
+    pub(crate) async fn create_and_boot(self: &Arc<Self>, slot: &Arc<Slot>, image: &Image) -> Result<(), ManagerError> {
         create_overlay(&image.rootfs, &slot.dir.join(ROOT_DISK)).await?;
-        self.boot(slot, image, Boot::Fresh).await
+        self.boot(slot, image, Boot::Fresh, None).await.map(|_| ())
     }
 
     /// Start the VM process (the only caller of `Hypervisor::start`), record
-    /// it, and wait for the agent.
-    pub(crate) async fn boot(self: &Arc<Self>, slot: &Arc<Slot>, image: &Image, boot: Boot) -> Result<(), ManagerError> {
+    /// it, wait for the agent, and (after a restore) fix the guest's clock
+    /// and, for a fork, make it unique.
+    pub(crate) async fn boot(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        image: &Image,
+        boot: Boot,
+        identity: Option<agent::Identity>,
+    ) -> Result<BootTimes, ManagerError> {
         let rec = slot.record();
         let spec = self.spec(slot, &rec, image);
         memfile::prepare(&spec.memory_file, &boot)?;
         let restoring = matches!(boot, Boot::Restore { .. });
         let t0 = Instant::now();
         let proc = self.hv.start(&spec, boot).await?;
+        let running_ms = ms(t0);
         slot.update(|r| {
             r.state = State::Running;
             r.process = Some(proc);
@@ -116,15 +126,17 @@ impl Manager {
                 chain(&e)
             )));
         }
-        if restoring {
+        if let Some(id) = identity {
+            agent::make_unique(&slot.agent, &id).await.map_err(|e| self.agent_err(slot, e))?;
+        } else if restoring {
             if let Err(e) = agent::set_clock(&slot.agent).await {
                 warn!(error = %chain(&e), "could not correct the guest clock");
             }
         }
-        let boot_ms = t0.elapsed().as_secs_f64() * 1e3;
-        slot.update(|r| r.boot_ms = Some(boot_ms))?;
-        info!(name = rec.name, boot_ms, "instance running");
-        Ok(())
+        let ready_ms = ms(t0);
+        slot.update(|r| r.boot_ms = Some(ready_ms))?;
+        info!(name = rec.name, running_ms, ready_ms, "instance running");
+        Ok(BootTimes { running_ms, ready_ms })
     }
 
     fn spec(&self, slot: &Slot, rec: &InstanceRecord, image: &Image) -> VmSpec {
@@ -173,7 +185,7 @@ impl Manager {
             return self.restore_locked(&slot).await.map(|()| slot.info());
         }
         let image = image::load(&self.cfg.images_dir, &rec.image)?;
-        if let Err(e) = self.boot(&slot, &image, Boot::Fresh).await {
+        if let Err(e) = self.boot(&slot, &image, Boot::Fresh, None).await {
             self.fail(&slot, &e).await;
             return Err(e);
         }
@@ -255,7 +267,7 @@ impl Manager {
         Ok(slot)
     }
 
-    fn agent_err(&self, slot: &Slot, source: tine_agent_proto::client::AgentError) -> ManagerError {
+    pub(crate) fn agent_err(&self, slot: &Slot, source: tine_agent_proto::client::AgentError) -> ManagerError {
         ManagerError::Agent { name: slot.record().name, source }
     }
 
@@ -287,7 +299,7 @@ impl Manager {
     }
 
     /// Remove a half-made instance entirely: process, directory, slot.
-    async fn discard(&self, slot: &Slot) {
+    pub(crate) async fn discard(&self, slot: &Slot) {
         let rec = slot.record();
         let _ = self.halt(slot, &rec).await;
         self.slots.write().expect("slots").remove(&slot.id);
@@ -346,4 +358,15 @@ pub(crate) fn console_tail(path: &std::path::Path, lines: usize) -> String {
     let text = String::from_utf8_lossy(&text);
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// How long a boot took: to vCPUs running, and to the agent answering.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct BootTimes {
+    pub running_ms: f64,
+    pub ready_ms: f64,
+}
+
+pub(crate) fn ms(t0: Instant) -> f64 {
+    t0.elapsed().as_secs_f64() * 1e3
 }

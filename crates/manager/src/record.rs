@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tine_hypervisor::{Accel, VmProcess};
+use tine_hypervisor::{Accel, MemoryMapping, VmProcess};
 
 use crate::state::State;
 
@@ -31,6 +31,18 @@ pub struct InstanceRecord {
     pub error: Option<String>,
     /// Last boot: process start → agent answers.
     pub boot_ms: Option<f64>,
+    /// How the VM maps its memory file: `shared` when the instance owns its
+    /// RAM file (booted fresh), `private` (copy-on-write) for forks, whose
+    /// file is a link to their source's and is never written.
+    #[serde(default = "shared")]
+    pub memory: MemoryMapping,
+    /// The instance, snapshot or template this one was forked from.
+    #[serde(default)]
+    pub parent: Option<String>,
+}
+
+fn shared() -> MemoryMapping {
+    MemoryMapping::Shared
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +114,8 @@ mod tests {
             process: Some(VmProcess { pid: 42, start_time: 7 }),
             error: None,
             boot_ms: Some(1200.5),
+            memory: MemoryMapping::Private,
+            parent: Some("src".into()),
         }
     }
 

@@ -21,6 +21,9 @@ use crate::state::State;
 use crate::{agent, Manager, Slot};
 
 pub(crate) async fn load_all(mgr: &Arc<Manager>) -> Result<(), ManagerError> {
+    // Fork bases of forks from running that never finished: their forks are
+    // removed below (still Created) or hold their own links.
+    remove_dir(&mgr.config().data_dir.join("staging"))?;
     let dir = mgr.instances_dir();
     let entries = std::fs::read_dir(&dir)
         .map_err(|e| ManagerError::io(format!("read {}", dir.display()), e))?;

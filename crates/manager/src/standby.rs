@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tine_hypervisor::{Boot, MemoryMapping};
+use tine_hypervisor::Boot;
 use tracing::info;
 
 use crate::error::ManagerError;
@@ -74,8 +74,9 @@ impl Manager {
         Ok(slot.info())
     }
 
-    /// Restore with the op lock held. The memory file is mapped shared, so
-    /// `memfile::prepare` makes it exclusive first (forks keep their inode).
+    /// Restore with the op lock held. An instance that owns its RAM file maps
+    /// it shared, so `memfile::prepare` makes it exclusive first (forks keep
+    /// their inode); a fork maps its shared file privately (copy-on-write).
     pub(crate) async fn restore_locked(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<(), ManagerError> {
         let rec = slot.record();
         let state_file = slot.dir.join(STATE_FILE);
@@ -86,8 +87,8 @@ impl Manager {
             )));
         }
         let image = image::load(&self.cfg.images_dir, &rec.image)?;
-        let boot = Boot::Restore { state_file: state_file.clone(), mapping: MemoryMapping::Shared };
-        if let Err(e) = self.boot(slot, &image, boot).await {
+        let boot = Boot::Restore { state_file: state_file.clone(), mapping: rec.memory };
+        if let Err(e) = self.boot(slot, &image, boot, None).await {
             if slot.record().process.is_some() {
                 // The guest ran: its memory file moved on, the parked state is gone.
                 self.fail(slot, &e).await;
