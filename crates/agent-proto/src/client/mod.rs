@@ -1,0 +1,295 @@
+//! Host-side async client (feature `client`).
+//!
+//! One [`AgentClient`] is one connection to the agent's chardev socket. Calls may run
+//! concurrently (replies are routed by id). QEMU's socket chardev serves one connection at
+//! a time, so a second client connecting to the same socket waits until the first is
+//! dropped.
+
+mod conn;
+mod error;
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::UnixStream;
+
+use crate::msg::{ExecRequest, ExitStatus, Op, Pong, Reply};
+use conn::{Conn, Pending};
+pub use error::AgentError;
+
+/// Default limit for calls other than `exec`.
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most output [`AgentClient::exec`] collects; use [`AgentClient::exec_stream`] for more.
+pub const EXEC_OUTPUT_LIMIT: usize = 64 << 20;
+
+/// Extra time the client allows past an exec's own `timeout_ms` for the kill and the
+/// last frames to arrive.
+const EXEC_TIMEOUT_GRACE: Duration = Duration::from_secs(30);
+
+pub struct AgentClient {
+    conn: Conn,
+    op_timeout: Duration,
+}
+
+/// Collected result of [`AgentClient::exec`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub status: ExitStatus,
+}
+
+/// One event of a streamed exec; `Exit` is always last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Exit(ExitStatus),
+}
+
+/// Live output of one command. Must be polled: an unread stream stalls the connection.
+pub struct ExecStream {
+    pending: Pending,
+    deadline: Option<(Instant, Duration)>,
+    done: bool,
+}
+
+impl ExecStream {
+    /// The next event, or `None` after `Exit`.
+    pub async fn next(&mut self) -> Option<Result<ExecEvent, AgentError>> {
+        if self.done {
+            return None;
+        }
+        let reply = match self.deadline {
+            Some((at, limit)) => tokio::time::timeout_at(at.into(), self.pending.recv())
+                .await
+                .unwrap_or(Err(AgentError::Timeout(limit))),
+            None => self.pending.recv().await,
+        };
+        let event = match reply {
+            Ok(Reply::Stdout { data }) => Ok(ExecEvent::Stdout(data)),
+            Ok(Reply::Stderr { data }) => Ok(ExecEvent::Stderr(data)),
+            Ok(Reply::Exit(status)) => Ok(ExecEvent::Exit(status)),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => Err(e),
+        };
+        self.done = !matches!(event, Ok(ExecEvent::Stdout(_) | ExecEvent::Stderr(_)));
+        Some(event)
+    }
+}
+
+impl AgentClient {
+    /// Connect to the agent's chardev socket. Does not wait for the agent to answer; see
+    /// [`AgentClient::wait_ready`].
+    pub async fn connect(path: &Path) -> Result<AgentClient, AgentError> {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| AgentError::Connect {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(AgentClient {
+            conn: Conn::new(stream).await?,
+            op_timeout: DEFAULT_OP_TIMEOUT,
+        })
+    }
+
+    /// Retry connect + ping until the agent answers or `timeout` passes. For use after
+    /// boot and after a fork resumes.
+    pub async fn wait_ready(
+        path: &Path,
+        timeout: Duration,
+    ) -> Result<(AgentClient, Pong), AgentError> {
+        const RETRY: Duration = Duration::from_millis(10);
+        const PING_EVERY: Duration = Duration::from_secs(1);
+        let start = Instant::now();
+        let mut last = AgentError::Timeout(timeout);
+        while start.elapsed() < timeout {
+            let client = match AgentClient::connect(path).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e;
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+            };
+            // Unanswered pings stay queued; their late answers are ignored by id.
+            loop {
+                let left = timeout.saturating_sub(start.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                match client.ping_within(left.min(PING_EVERY)).await {
+                    Ok(pong) => return Ok((client, pong)),
+                    Err(e @ AgentError::Timeout(_)) => last = e,
+                    Err(e) => {
+                        last = e;
+                        tokio::time::sleep(RETRY).await;
+                        break;
+                    }
+                }
+            }
+        }
+        Err(AgentError::NotReady {
+            waited: start.elapsed(),
+            last: Box::new(last),
+        })
+    }
+
+    /// Limit for calls other than `exec` (default [`DEFAULT_OP_TIMEOUT`]).
+    pub fn with_op_timeout(mut self, timeout: Duration) -> Self {
+        self.op_timeout = timeout;
+        self
+    }
+
+    pub async fn ping(&self) -> Result<Pong, AgentError> {
+        self.ping_within(self.op_timeout).await
+    }
+
+    async fn ping_within(&self, limit: Duration) -> Result<Pong, AgentError> {
+        match self.call(Op::Ping, limit).await? {
+            Reply::Pong(pong) => Ok(pong),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Run a command and collect its output (at most [`EXEC_OUTPUT_LIMIT`] bytes).
+    pub async fn exec(&self, req: ExecRequest) -> Result<ExecOutput, AgentError> {
+        let mut stream = self.exec_stream(req).await?;
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        while let Some(event) = stream.next().await {
+            match event? {
+                ExecEvent::Stdout(d) => stdout.extend_from_slice(&d),
+                ExecEvent::Stderr(d) => stderr.extend_from_slice(&d),
+                ExecEvent::Exit(status) => {
+                    return Ok(ExecOutput {
+                        stdout,
+                        stderr,
+                        status,
+                    })
+                }
+            }
+            if stdout.len() + stderr.len() > EXEC_OUTPUT_LIMIT {
+                return Err(AgentError::OutputTooLarge(EXEC_OUTPUT_LIMIT));
+            }
+        }
+        Err(AgentError::Disconnected)
+    }
+
+    /// Start a command and stream its output as it comes.
+    pub async fn exec_stream(&self, req: ExecRequest) -> Result<ExecStream, AgentError> {
+        let deadline = req.timeout_ms.map(|ms| {
+            let limit = Duration::from_millis(ms) + EXEC_TIMEOUT_GRACE;
+            (Instant::now() + limit, limit)
+        });
+        let pending = self.conn.send(Op::Exec(req)).await?;
+        Ok(ExecStream {
+            pending,
+            deadline,
+            done: false,
+        })
+    }
+
+    /// Set the guest wall clock.
+    pub async fn set_time(&self, unix_nanos: u64) -> Result<(), AgentError> {
+        self.call_ok(Op::SetTime { unix_nanos }).await
+    }
+
+    /// Set the guest wall clock to the host's.
+    pub async fn sync_clock(&self) -> Result<(), AgentError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        self.set_time(u64::try_from(now.as_nanos()).unwrap_or(u64::MAX))
+            .await
+    }
+
+    /// Set the hostname and/or machine id (32 lowercase hex digits).
+    pub async fn set_identity(
+        &self,
+        hostname: Option<&str>,
+        machine_id: Option<&str>,
+    ) -> Result<(), AgentError> {
+        self.call_ok(Op::SetIdentity {
+            hostname: hostname.map(str::to_owned),
+            machine_id: machine_id.map(str::to_owned),
+        })
+        .await
+    }
+
+    /// Credit `bytes` (at most [`crate::MAX_ENTROPY`]) to the guest's entropy pool and
+    /// reseed its CRNG.
+    pub async fn add_entropy(&self, bytes: &[u8]) -> Result<(), AgentError> {
+        self.call_ok(Op::AddEntropy {
+            bytes: bytes.to_vec(),
+        })
+        .await
+    }
+
+    /// Read a small guest file (at most [`crate::MAX_PAYLOAD`] bytes).
+    pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, AgentError> {
+        match self
+            .call(
+                Op::ReadFile {
+                    path: path.to_owned(),
+                },
+                self.op_timeout,
+            )
+            .await?
+        {
+            Reply::File { data } => Ok(data),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Atomically replace a small guest file.
+    pub async fn write_file(
+        &self,
+        path: &str,
+        data: &[u8],
+        mode: Option<u32>,
+    ) -> Result<(), AgentError> {
+        self.call_ok(Op::WriteFile {
+            path: path.to_owned(),
+            data: data.to_vec(),
+            mode,
+        })
+        .await
+    }
+
+    /// Flush the guest's filesystems.
+    pub async fn sync(&self) -> Result<(), AgentError> {
+        self.call_ok(Op::Sync).await
+    }
+
+    /// Ask the guest to sync and power off; returns once the agent acknowledged.
+    pub async fn shutdown(&self) -> Result<(), AgentError> {
+        self.call_ok(Op::Shutdown).await
+    }
+
+    async fn call_ok(&self, op: Op) -> Result<(), AgentError> {
+        match self.call(op, self.op_timeout).await? {
+            Reply::Ok => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Send `op` and wait for its single reply; `error` replies become [`AgentError::Remote`].
+    async fn call(&self, op: Op, limit: Duration) -> Result<Reply, AgentError> {
+        let mut pending = self.conn.send(op).await?;
+        match tokio::time::timeout(limit, pending.recv()).await {
+            Err(_) => Err(AgentError::Timeout(limit)),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Reply::Error { code, message })) => Err(AgentError::Remote { code, message }),
+            Ok(Ok(reply)) => Ok(reply),
+        }
+    }
+}
+
+fn unexpected(reply: Reply) -> AgentError {
+    match reply {
+        Reply::Error { code, message } => AgentError::Remote { code, message },
+        other => AgentError::Protocol(format!("{other:?}").chars().take(200).collect()),
+    }
+}
