@@ -185,3 +185,34 @@ fn signal(pid: i32, sig: Signal) {
 pub fn kill9(pid: i32) {
     signal(pid, Signal::KILL);
 }
+
+/// Start a process in the guest that counts in memory (tmpfs) forever;
+/// returns its pid.
+pub fn start_counter(d: &Daemon, name: &str) -> String {
+    d.sh(
+        name,
+        "setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /run/counter; sleep 0.05; done' \
+         </dev/null >/dev/null 2>&1 & echo $! > /run/counter.pid; sleep 0.3; cat /run/counter.pid",
+    )
+    .trim()
+    .to_string()
+}
+
+pub fn counter(d: &Daemon, name: &str) -> u64 {
+    d.sh(name, "cat /run/counter").trim().parse().unwrap()
+}
+
+pub fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
+}
+
+pub fn inode(path: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    (m.ino(), m.nlink())
+}
+
+pub fn dir_of(d: &Daemon, name: &str) -> PathBuf {
+    PathBuf::from(d.inspect(name)["dir"].as_str().unwrap())
+}
