@@ -9,7 +9,8 @@ export TINE_IMAGES_DIR=${TINE_IMAGES_DIR:-/var/lib/tine/images}
 "$TINE" serve >"$DATA/daemon.log" 2>&1 &
 DAEMON=$!
 cleanup() {
-    "$TINE" rm -f demo >/dev/null 2>&1 || true
+    # Remove every VM this run made, even after a failure half-way.
+    "$TINE" ps 2>/dev/null | awk 'NR>1 {print $2}' | xargs -r "$TINE" rm -f >/dev/null 2>&1 || true
     kill "$DAEMON" 2>/dev/null || true
     wait "$DAEMON" 2>/dev/null || true
     rm -rf "$DATA"
@@ -25,6 +26,13 @@ time "$TINE" run --name demo
 "$TINE" stop demo
 "$TINE" start demo
 "$TINE" exec demo -- cat /proc/uptime
+"$TINE" exec demo -- sh -c "echo parked-state > /run/state"
+"$TINE" standby demo
+"$TINE" fork demo --name demo-fork --count 3
+"$TINE" exec demo-fork-2 -- sh -c "cat /run/state; hostname"
+"$TINE" restore demo
+"$TINE" ps
+"$TINE" rm -f demo-fork-1 demo-fork-2 demo-fork-3
 "$TINE" rm -f demo
 set +x
 echo "main job OK"
