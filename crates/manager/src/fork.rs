@@ -294,6 +294,7 @@ impl Manager {
     /// Disk and device state copied (reflink or sparse), memory file linked.
     async fn fork_files(&self, base: &Base, dst: &Path) -> Result<(), ManagerError> {
         let (src, dst) = (base.dir.clone(), dst.to_path_buf());
+        let mode = self.cfg.fork_memory;
         tokio::task::spawn_blocking(move || -> Result<(), ManagerError> {
             let opts = BASE_SKIP.iter().fold(tine_storage::CopyOptions::new(), |o, s| o.skip(*s));
             let tmp = dst.join("files.tmp");
@@ -305,8 +306,12 @@ impl Manager {
                     .map_err(|e| ManagerError::io(format!("move {f} into the fork"), e))?;
             }
             let _ = std::fs::remove_dir_all(&tmp);
-            let report = tine_storage::share(&src.join(MEMORY_FILE), &dst.join(MEMORY_FILE))
-                .map_err(|e| ManagerError::Failed(chain(&e)))?;
+            let (from, to) = (src.join(MEMORY_FILE), dst.join(MEMORY_FILE));
+            if mode == crate::ForkMemory::Copy {
+                tine_storage::copy_file(&from, &to).map_err(|e| ManagerError::Failed(chain(&e)))?;
+                return Ok(());
+            }
+            let report = tine_storage::share(&from, &to).map_err(|e| ManagerError::Failed(chain(&e)))?;
             if report.link_errno.is_some() {
                 warn!(?report, "memory file could not be hardlinked; copied instead");
             }

@@ -48,12 +48,37 @@ pub struct Config {
     pub accel: Option<Accel>,
     /// Process start → guest agent answers.
     pub boot_timeout: Duration,
+    /// How forks get their memory file. `Link` is tine's design; the others
+    /// exist so benchmarks can compare against them in one run.
+    pub fork_memory: ForkMemory,
+}
+
+/// How a fork gets its memory file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForkMemory {
+    /// Hardlink to the source's file (shared inode and page cache).
+    #[default]
+    Link,
+    /// Per-fork copy by the copy engine (reflink where the fs can, else sparse).
+    Copy,
+}
+
+impl std::str::FromStr for ForkMemory {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "link" => Ok(ForkMemory::Link),
+            "copy" => Ok(ForkMemory::Copy),
+            o => Err(format!("unknown fork memory mode {o:?} (link or copy)")),
+        }
+    }
 }
 
 impl Config {
     pub fn new(data_dir: PathBuf) -> Config {
         let images_dir = data_dir.join("images");
-        Config { data_dir, images_dir, accel: None, boot_timeout: Duration::from_secs(180) }
+        Config { data_dir, images_dir, accel: None, boot_timeout: Duration::from_secs(180), fork_memory: ForkMemory::Link }
     }
 }
 
