@@ -88,7 +88,7 @@ pub struct ServeArgs {
     /// QEMU binary.
     #[arg(long, env = "TINE_QEMU", default_value = "qemu-system-x86_64")]
     pub qemu: PathBuf,
-    /// How forks get their memory file: link (default) or copy (for benchmarks).
+    /// How forks get their memory file: link (default), copy or full-copy (benchmark baselines).
     #[arg(long, default_value = "link", hide = true)]
     pub fork_memory: String,
     /// Seconds to wait for a booting guest's agent.

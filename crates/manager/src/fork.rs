@@ -307,9 +307,16 @@ impl Manager {
             }
             let _ = std::fs::remove_dir_all(&tmp);
             let (from, to) = (src.join(MEMORY_FILE), dst.join(MEMORY_FILE));
-            if mode == crate::ForkMemory::Copy {
-                tine_storage::copy_file(&from, &to).map_err(|e| ManagerError::Failed(chain(&e)))?;
-                return Ok(());
+            match mode {
+                crate::ForkMemory::Link => {}
+                crate::ForkMemory::Copy => {
+                    tine_storage::copy_file(&from, &to).map_err(|e| ManagerError::Failed(chain(&e)))?;
+                    return Ok(());
+                }
+                crate::ForkMemory::FullCopy => {
+                    full_copy(&from, &to).map_err(|e| ManagerError::io("copy memory file", e))?;
+                    return Ok(());
+                }
             }
             let report = tine_storage::share(&from, &to).map_err(|e| ManagerError::Failed(chain(&e)))?;
             if report.link_errno.is_some() {
@@ -343,4 +350,21 @@ fn capture_files(src: &Path, staging: &Path, mapping: MemoryMapping) -> Result<(
 fn shift(t: BootTimes, offset: Duration) -> BootTimes {
     let o = offset.as_secs_f64() * 1e3;
     BootTimes { running_ms: t.running_ms + o, ready_ms: t.ready_ms + o }
+}
+
+/// A plain read/write copy (no reflink, no hole detection): the naive way
+/// to give every fork its own memory file, kept only as a baseline.
+fn full_copy(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut r = std::fs::File::open(from)?;
+    let mut w = std::fs::File::create(to)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        w.write_all(&buf[..n])?;
+    }
+    w.sync_all()
 }

@@ -62,6 +62,8 @@ pub enum ForkMemory {
     Link,
     /// Per-fork copy by the copy engine (reflink where the fs can, else sparse).
     Copy,
+    /// Per-fork byte-for-byte copy, never a reflink (the naive baseline).
+    FullCopy,
 }
 
 impl std::str::FromStr for ForkMemory {
@@ -70,7 +72,8 @@ impl std::str::FromStr for ForkMemory {
         match s {
             "link" => Ok(ForkMemory::Link),
             "copy" => Ok(ForkMemory::Copy),
-            o => Err(format!("unknown fork memory mode {o:?} (link or copy)")),
+            "full-copy" => Ok(ForkMemory::FullCopy),
+            o => Err(format!("unknown fork memory mode {o:?} (link, copy or full-copy)")),
         }
     }
 }
