@@ -31,7 +31,10 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$HERE")
 ROOTFS_SIZE=256M
 CMDLINE="console=ttyS0 quiet panic=-1 pci=off reboot=t apparmor=0 audit=0 8250.nr_uarts=1 cryptomgr.notests"
-MODULES="virtio_mmio virtio_blk virtio_console virtio_rng virtio_net"
+# Always loaded: the transport (and the root fs driver, if modular; added below).
+CORE_MODULES="virtio_mmio"
+# Loaded by the initramfs only when a virtio device of that id is present.
+DEVICE_MODULES="0x0001:virtio_net 0x0002:virtio_blk 0x0003:virtio_console 0x0004:virtio_rng"
 start=$(date +%s)
 
 # --- host tools ---------------------------------------------------------------------
@@ -86,7 +89,7 @@ INPUTS_HASH=$(
         echo "busybox-static $BB_VER"
         echo "agent $AGENT_SHA"
         echo "cmdline $CMDLINE"
-        echo "modules $MODULES"
+        echo "modules $CORE_MODULES $DEVICE_MODULES"
     } | sha256sum | cut -d' ' -f1
 )
 TAG=${INPUTS_HASH:0:16}
@@ -147,13 +150,13 @@ done
 [ -n "$found" ] || die "no LZ4-compressed ELF kernel found in $VMLINUZ"
 KERNEL_FILE=vmlinux-$(sha256sum "$STAGE/vmlinux" | cut -c1-16)
 
-# --- modules, in dependency order ---------------------------------------------------------
-declare -A seen=()
-order=()
+# --- modules, in dependency order -------------------------------------------------------
 module_file() {
     find "$MODDIR/kernel" \( -name "$1.ko" -o -name "${1//_/-}.ko" \) -print -quit
 }
-add_module() {
+declare -A seen=()
+order=()
+add_module() { # appends $1 after its dependencies to $order, once per list
     local name=$1 file deps dep
     [ -z "${seen[$name]:-}" ] || return 0
     seen[$name]=1
@@ -163,12 +166,25 @@ add_module() {
     for dep in $deps; do add_module "$dep"; done
     order+=("$name")
 }
-for m in $MODULES; do add_module "$m"; done
-# The root filesystem's driver, if this kernel builds it as a module.
+module_list() { # NAME... -> dependency-ordered list, one a line
+    seen=()
+    order=()
+    for m in "$@"; do add_module "$m"; done
+    printf '%s\n' "${order[@]}"
+}
 config_is_module() { grep -qx "CONFIG_$1=m" "$KCONFIG"; }
-config_is_module EXT4_FS && add_module ext4
-config_is_module CRYPTO_CRC32C && add_module crc32c_generic
-log "modules: ${order[*]}"
+# The root filesystem's driver, if this kernel builds it as a module.
+config_is_module EXT4_FS && CORE_MODULES="$CORE_MODULES ext4"
+config_is_module CRYPTO_CRC32C && CORE_MODULES="$CORE_MODULES crc32c_generic"
+mkdir -p "$STAGE/modules"
+# shellcheck disable=SC2086 # word splitting intended
+module_list $CORE_MODULES >"$STAGE/modules/core"
+for entry in $DEVICE_MODULES; do
+    module_list "${entry#*:}" >"$STAGE/modules/${entry%%:*}"
+done
+for list in "$STAGE"/modules/*; do
+    log "modules for $(basename "$list"): $(tr '\n' ' ' <"$list")"
+done
 
 # --- initrd -------------------------------------------------------------------------
 log "building initrd"
@@ -178,10 +194,10 @@ cp "$BUSYBOX" "$I/bin/busybox"
 for applet in $("$BUSYBOX" --list); do
     [ "$applet" = busybox ] || ln -s busybox "$I/bin/$applet"
 done
-for m in "${order[@]}"; do
+cp "$STAGE"/modules/* "$I/lib/modules/"
+for m in $(sort -u "$STAGE"/modules/*); do
     cp "$(module_file "$m")" "$I/lib/modules/$m.ko"
 done
-printf '%s\n' "${order[@]}" >"$I/lib/modules/order"
 install -m 0755 "$HERE/initrd/init" "$I/init"
 mknod -m 600 "$I/dev/console" c 5 1
 (cd "$I" && find . -print0 | LC_ALL=C sort -z |

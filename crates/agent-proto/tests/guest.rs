@@ -187,6 +187,10 @@ async fn identity_clock_entropy_and_files_are_applied() {
     let vm = Vm::start(image());
     let (agent, _) = vm.ready().await;
     let machine_id = "0123456789abcdef0123456789abcdef";
+    let first_boot = agent
+        .exec(sh("cat /etc/machine-id; hostname; ip -o link show lo"))
+        .await
+        .unwrap();
 
     agent
         .set_identity(Some("fork-7"), Some(machine_id))
@@ -222,6 +226,18 @@ async fn identity_clock_entropy_and_files_are_applied() {
     let bad_entropy = agent.add_entropy(&[]).await.unwrap_err();
     agent.sync().await.unwrap();
 
+    let first_boot = String::from_utf8(first_boot.stdout).unwrap();
+    let mut first_boot = first_boot.lines();
+    let generated_id = first_boot.next().unwrap();
+    assert!(
+        generated_id.len() == 32 && generated_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{generated_id:?}"
+    );
+    assert_eq!(first_boot.next(), Some("tine"));
+    assert!(
+        first_boot.next().unwrap().contains("UP"),
+        "loopback is down"
+    );
     assert_eq!(date.stdout, b"2033\n");
     assert_eq!(hostname.stdout, b"fork-7\n");
     assert_eq!(ids.stdout, format!("{machine_id}\nfork-7\n").as_bytes());

@@ -293,3 +293,211 @@ fn unexpected(reply: Reply) -> AgentError {
         other => AgentError::Protocol(format!("{other:?}").chars().take(200).collect()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{encode, parse_request, ErrorCode, Request, Response, MAX_LINE};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+    use tokio::net::UnixListener;
+
+    /// A scripted peer on a real socket, standing in for the agent.
+    struct Peer {
+        lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
+        write: OwnedWriteHalf,
+    }
+
+    impl Peer {
+        async fn request(&mut self) -> Request {
+            loop {
+                let line = self
+                    .lines
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .expect("client hung up");
+                if !line.is_empty() {
+                    return parse_request(line.as_bytes()).unwrap();
+                }
+            }
+        }
+
+        async fn send(&mut self, bytes: &[u8]) {
+            self.write.write_all(bytes).await.unwrap();
+        }
+    }
+
+    async fn pair() -> (AgentClient, Peer, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let (client, accepted) = tokio::join!(AgentClient::connect(&path), listener.accept());
+        let (read, write) = accepted.unwrap().0.into_split();
+        let peer = Peer {
+            lines: BufReader::new(read).lines(),
+            write,
+        };
+        (
+            client.unwrap().with_op_timeout(Duration::from_secs(5)),
+            peer,
+            dir,
+        )
+    }
+
+    fn frame(id: Option<u64>, reply: Reply) -> Vec<u8> {
+        encode(&Response { id, reply })
+    }
+
+    #[tokio::test]
+    async fn unknown_ids_and_garbage_lines_are_skipped() {
+        let (client, mut peer, _dir) = pair().await;
+        let call = tokio::spawn(async move { client.sync().await });
+        let id = peer.request().await.id;
+
+        peer.send(b"tail of an old frame\"}\n").await;
+        peer.send(&frame(Some(id + 1000), Reply::Ok)).await;
+        peer.send(&frame(
+            None,
+            Reply::Error {
+                code: ErrorCode::BadRequest,
+                message: "x".into(),
+            },
+        ))
+        .await;
+        peer.send(&frame(Some(id), Reply::Ok)).await;
+
+        call.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn oversized_line_from_guest_fails_the_connection() {
+        let (client, mut peer, _dir) = pair().await;
+        let call = tokio::spawn(async move { client.ping().await });
+        peer.request().await;
+
+        // The client may hang up before reading it all.
+        let _ = peer.write.write_all(&vec![b'{'; MAX_LINE + 1]).await;
+
+        assert!(matches!(
+            call.await.unwrap(),
+            Err(AgentError::FrameTooLarge)
+        ));
+    }
+
+    #[tokio::test]
+    async fn remote_error_and_wrong_reply_type_are_reported() {
+        let (client, mut peer, _dir) = pair().await;
+        let client = std::sync::Arc::new(client);
+        let c = client.clone();
+        let refused = tokio::spawn(async move { c.add_entropy(&[1]).await });
+        let id = peer.request().await.id;
+        peer.send(&frame(
+            Some(id),
+            Reply::Error {
+                code: ErrorCode::Io,
+                message: "no".into(),
+            },
+        ))
+        .await;
+        let c = client.clone();
+        let confused = tokio::spawn(async move { c.ping().await });
+        let id = peer.request().await.id;
+        peer.send(&frame(Some(id), Reply::Ok)).await;
+
+        let refused = refused.await.unwrap().unwrap_err();
+        let confused = confused.await.unwrap().unwrap_err();
+
+        assert!(
+            matches!(
+                refused,
+                AgentError::Remote {
+                    code: ErrorCode::Io,
+                    ..
+                }
+            ),
+            "{refused:?}"
+        );
+        assert!(matches!(confused, AgentError::Protocol(_)), "{confused:?}");
+    }
+
+    #[tokio::test]
+    async fn exec_collects_interleaved_streams_until_exit() {
+        let (client, mut peer, _dir) = pair().await;
+        let call = tokio::spawn(async move { client.exec(ExecRequest::new(["x"])).await });
+        let id = peer.request().await.id;
+
+        peer.send(&frame(
+            Some(id),
+            Reply::Stdout {
+                data: b"a".to_vec(),
+            },
+        ))
+        .await;
+        peer.send(&frame(
+            Some(id),
+            Reply::Stderr {
+                data: b"e".to_vec(),
+            },
+        ))
+        .await;
+        peer.send(&frame(
+            Some(id),
+            Reply::Stdout {
+                data: b"b".to_vec(),
+            },
+        ))
+        .await;
+        let status = ExitStatus {
+            code: None,
+            signal: Some(9),
+            timed_out: true,
+        };
+        peer.send(&frame(Some(id), Reply::Exit(status))).await;
+
+        let out = call.await.unwrap().unwrap();
+        assert_eq!(
+            (out.stdout, out.stderr, out.status),
+            (b"ab".to_vec(), b"e".to_vec(), status)
+        );
+    }
+
+    #[tokio::test]
+    async fn hang_up_fails_pending_and_later_calls() {
+        let (client, mut peer, _dir) = pair().await;
+        let client = std::sync::Arc::new(client);
+        let c = client.clone();
+        let pending = tokio::spawn(async move { c.ping().await });
+        peer.request().await;
+
+        drop(peer);
+
+        assert!(matches!(
+            pending.await.unwrap(),
+            Err(AgentError::Disconnected)
+        ));
+        assert!(client.ping().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn silent_agent_times_out() {
+        let (client, mut peer, _dir) = pair().await;
+        let client = client.with_op_timeout(Duration::from_millis(50));
+        let call = tokio::spawn(async move { client.ping().await });
+        peer.request().await;
+
+        assert!(matches!(call.await.unwrap(), Err(AgentError::Timeout(_))));
+    }
+
+    #[tokio::test]
+    async fn requests_over_the_frame_limit_are_refused_locally() {
+        let (client, _peer, _dir) = pair().await;
+
+        let err = client
+            .write_file("/x", &vec![0; MAX_LINE], None)
+            .await
+            .unwrap_err();
+
+        assert!(matches!(err, AgentError::RequestTooLarge(_)), "{err:?}");
+    }
+}

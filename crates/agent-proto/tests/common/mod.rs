@@ -1,8 +1,8 @@
 //! Boots the real default guest under QEMU for tests and the boot-time example.
 //!
-//! The guest comes from `TINE_GUEST_DIR` if set, otherwise `guest/build.sh` builds (or
-//! finds cached) `/var/lib/tine/images/default`. Missing QEMU or guest is a failure,
-//! never a skip.
+//! The guest comes from `TINE_GUEST_DIR` (a prebuilt guest) if set; otherwise
+//! `guest/build.sh` builds, or finds cached, `${TINE_IMAGES_DIR:-/var/lib/tine/images}/default`.
+//! Missing QEMU or guest is a failure, never a skip.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
@@ -14,7 +14,7 @@ use std::time::Duration;
 use tine_agent_proto::{AgentClient, Pong};
 
 pub const QEMU: &str = "qemu-system-x86_64";
-const DEFAULT_IMAGE_DIR: &str = "/var/lib/tine/images/default";
+const DEFAULT_IMAGES_DIR: &str = "/var/lib/tine/images";
 /// Generous: TCG on a shared 2-core machine, several guests booting at once.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -40,17 +40,20 @@ pub fn image() -> &'static Image {
 }
 
 fn build_default_guest() -> PathBuf {
+    let images = std::env::var_os("TINE_IMAGES_DIR").unwrap_or(DEFAULT_IMAGES_DIR.into());
+    let dir = Path::new(&images).join("default");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let status = Command::new("bash")
         .arg(repo.join("guest/build.sh"))
-        .arg(DEFAULT_IMAGE_DIR)
+        .arg(&dir)
         .status()
         .expect("cannot run guest/build.sh");
     assert!(
         status.success(),
-        "guest/build.sh {DEFAULT_IMAGE_DIR} failed: {status}"
+        "guest/build.sh {} failed: {status}",
+        dir.display()
     );
-    PathBuf::from(DEFAULT_IMAGE_DIR)
+    dir
 }
 
 fn load_manifest(dir: &Path) -> Image {
