@@ -78,13 +78,14 @@ fn spawn(req: &ExecRequest) -> Result<Child, Failure> {
     let Some(program) = req.argv.first() else {
         return Err(Failure::invalid("argv is empty"));
     };
+    let cwd = req.cwd.as_deref().unwrap_or("/");
     let mut cmd = Command::new(program);
     cmd.args(&req.argv[1..])
         .env_clear()
         .env("PATH", DEFAULT_PATH)
         .env("HOME", "/root")
         .envs(&req.env)
-        .current_dir(req.cwd.as_deref().unwrap_or("/"))
+        .current_dir(cwd)
         .process_group(0)
         .stdin(if req.stdin.is_some() {
             Stdio::piped()
@@ -95,7 +96,7 @@ fn spawn(req: &ExecRequest) -> Result<Child, Failure> {
         .stderr(Stdio::piped());
     cmd.spawn().map_err(|e| Failure {
         code: ErrorCode::SpawnFailed,
-        message: format!("cannot run {program:?}: {e}"),
+        message: format!("cannot run {program:?} in {cwd:?}: {e}"),
     })
 }
 

@@ -161,16 +161,22 @@ fn spawn_request(out: &Arc<Out>, session: u64, id: u64, op: Op) {
         };
         return reply(out, session, Some(id), Err(busy));
     }
-    let out2 = out.clone();
+    let slot = InFlight(out.clone());
     let spawned = thread::Builder::new()
         .stack_size(THREAD_STACK)
-        .spawn(move || {
-            run_request(&out2, session, id, op);
-            out2.in_flight.fetch_sub(1, Ordering::SeqCst);
-        });
+        .spawn(move || run_request(&slot.0, session, id, op));
+    // On failure the closure, and with it the slot, is already dropped.
     if let Err(e) = spawned {
-        out.in_flight.fetch_sub(1, Ordering::SeqCst);
         reply(out, session, Some(id), Err(Failure::io("spawn thread", &e)));
+    }
+}
+
+/// One of the `MAX_IN_FLIGHT` slots; freed on drop, so also when a request panics.
+struct InFlight(Arc<Out>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -123,3 +123,35 @@ fn fork_of_a_fork_works_after_the_original_is_gone() {
 
     assert_eq!(d.sh("g2", "cat /run/lineage"), "g0\ng1\ng2\n");
 }
+
+#[test]
+fn a_forks_standby_gives_it_its_own_memory_file_and_leaves_the_source_intact() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "base"]);
+    d.sh("base", "echo base > /run/who");
+    d.ok(&["standby", "base"]);
+    let src_mem = dir_of(&d, "base").join("memory");
+    let (src_ino, _) = inode(&src_mem);
+    let src_sha = sha256(&src_mem);
+    fork_json(&d, &["base", "--name", "kid"]);
+    d.sh("kid", "echo kid > /run/who; dd if=/dev/urandom of=/run/noise bs=1M count=16 2>/dev/null");
+    let noise = d.sh("kid", "md5sum /run/noise");
+
+    d.ok(&["standby", "kid"]);
+
+    let kid_mem = dir_of(&d, "kid").join("memory");
+    assert!(!kid_mem.exists(), "the parked fork holds no link to the source's inode");
+    assert_eq!(inode(&src_mem), (src_ino, 1), "the source's file is its own again");
+    assert_eq!(sha256(&src_mem), src_sha, "source bytes unchanged");
+    d.ok(&["restore", "kid"]);
+    let (kid_ino, kid_links) = inode(&kid_mem);
+    assert_ne!(kid_ino, src_ino, "the restored fork owns a new memory file");
+    assert_eq!(kid_links, 1);
+    assert_eq!(d.sh("kid", "cat /run/who"), "kid\n");
+    assert_eq!(d.sh("kid", "md5sum /run/noise"), noise);
+    d.ok(&["standby", "kid"]);
+    d.ok(&["restore", "kid"]);
+    assert_eq!(d.sh("kid", "md5sum /run/noise"), noise);
+    d.ok(&["restore", "base"]);
+    assert_eq!(d.sh("base", "cat /run/who"), "base\n");
+}

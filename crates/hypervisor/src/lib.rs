@@ -56,9 +56,23 @@ pub enum MemoryMapping {
 pub enum Boot {
     /// Boot the kernel from scratch.
     Fresh,
-    /// Load device state saved by [`Hypervisor::save_state`]; RAM comes from
-    /// the memory file, mapped as given. The VM is left running.
-    Restore { state_file: PathBuf, mapping: MemoryMapping },
+    /// Load device state saved by [`Hypervisor::save_state`], mapping the
+    /// memory file as given. With `ram_in_state` the state carries the RAM
+    /// (saved with [`RamSave::InState`]) and loading writes it into the
+    /// mapping; otherwise RAM is what the memory file holds. The VM is left
+    /// running.
+    Restore { state_file: PathBuf, mapping: MemoryMapping, ram_in_state: bool },
+}
+
+/// Where a save puts guest RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RamSave {
+    /// RAM stays in the (shared-mapped) memory file; the state file holds
+    /// devices only. QEMU: `x-ignore-shared`.
+    InMemoryFile,
+    /// RAM is written into the state file (a VM whose mapping is private:
+    /// its RAM is not in any file).
+    InState,
 }
 
 /// Files a running VM exposes to the manager.
@@ -126,9 +140,9 @@ pub trait Hypervisor: Send + Sync {
     async fn pause(&self, run_dir: &Path) -> Result<(), HvError>;
     async fn resume(&self, run_dir: &Path) -> Result<(), HvError>;
 
-    /// Pause the VM and write its device state to `state_file`, leaving RAM
-    /// in the memory file. The VM stays paused.
-    async fn save_state(&self, run_dir: &Path, state_file: &Path) -> Result<SaveReport, HvError>;
+    /// Pause the VM and write its device state to `state_file`, with RAM
+    /// where `ram` says. The VM stays paused.
+    async fn save_state(&self, run_dir: &Path, state_file: &Path, ram: RamSave) -> Result<SaveReport, HvError>;
 
     /// Ask the process to exit (flushing disks), then kill it if it has not
     /// exited within `grace`.

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tine_hypervisor::{Boot, MemoryMapping};
+use tine_hypervisor::{Boot, MemoryMapping, RamSave};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
@@ -166,6 +166,15 @@ impl Manager {
         let _g = slot.op.lock().await;
         let rec = slot.record();
         match rec.state {
+            State::Standby if rec.ram_in_state => {
+                // A parked fork keeps its RAM in its device state; forks need
+                // it in a memory file they can share. Materialize it once:
+                // restore (the load writes the file) and park again.
+                info!(name = rec.name, "materializing the memory file of a parked fork before forking it");
+                self.restore_locked(&slot).await?;
+                self.standby_locked(&slot).await?;
+                return Ok((Base { dir: slot.dir.clone(), record: slot.record(), staging: None }, None));
+            }
             State::Standby => {
                 return Ok((Base { dir: slot.dir.clone(), record: rec, staging: None }, None));
             }
@@ -210,7 +219,9 @@ impl Manager {
             let _ = crate::agent::sync(&slot.agent).await;
         }
         let t0 = Instant::now();
-        let saved = self.hv.save_state(&slot.dir, &staging.join(STATE_FILE)).await;
+        // x-ignore-shared either way: forks load it with the same capability
+        // (a privately mapped source's RAM is not "shared", so it is saved).
+        let saved = self.hv.save_state(&slot.dir, &staging.join(STATE_FILE), RamSave::InMemoryFile).await;
         let captured = match saved {
             Ok(_) => capture_files(&slot.dir, staging, rec.memory),
             Err(e) => Err(e.into()),
@@ -248,6 +259,7 @@ impl Manager {
             error: None,
             boot_ms: None,
             memory: MemoryMapping::Private,
+            ram_in_state: false,
             parent: Some(src.name.clone()),
         };
         let slot = match self.reserve(record) {
@@ -263,7 +275,11 @@ impl Manager {
             (Err(e), _) => Err(e),
             (Ok(()), ForkTarget::Standby) => slot.update(|r| r.state = State::Standby).map(|()| None),
             (Ok(()), ForkTarget::Running) => {
-                let boot = Boot::Restore { state_file: slot.dir.join(STATE_FILE), mapping: MemoryMapping::Private };
+                let boot = Boot::Restore {
+                    state_file: slot.dir.join(STATE_FILE),
+                    mapping: MemoryMapping::Private,
+                    ram_in_state: false,
+                };
                 let started = Instant::now();
                 let offset = started.duration_since(t0);
                 self.boot(&slot, image, boot, Some(Identity::new(&name)))

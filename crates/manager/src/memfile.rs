@@ -6,6 +6,8 @@
 //!   the inode keep their bytes) and QEMU creates a new inode;
 //! - a shared (writable) mapping of an existing file first makes the inode
 //!   exclusive with `ensure_exclusive` (private copy + rename when nlink > 1);
+//! - a shared mapping that the saved state will fill (RAM in the state) gets
+//!   a new file, like a fresh boot;
 //! - a private (copy-on-write) mapping never writes, so the file is used as is.
 
 use std::path::Path;
@@ -17,17 +19,24 @@ use crate::error::ManagerError;
 
 pub fn prepare(path: &Path, boot: &Boot) -> Result<(), ManagerError> {
     match boot {
-        Boot::Fresh => match std::fs::remove_file(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ManagerError::io(format!("remove old memory file {}", path.display()), e)),
-        },
-        Boot::Restore { mapping: MemoryMapping::Shared, .. } => {
+        Boot::Fresh => unlink(path),
+        // The saved state carries the RAM: the load fills a brand-new file.
+        Boot::Restore { mapping: MemoryMapping::Shared, ram_in_state: true, .. } => unlink(path),
+        Boot::Restore { mapping: MemoryMapping::Shared, ram_in_state: false, .. } => {
             let outcome = tine_storage::ensure_exclusive(path)
                 .map_err(|e| ManagerError::Failed(crate::error::chain(&e)))?;
             info!(path = %path.display(), ?outcome, "memory file made exclusive before a shared mapping");
             Ok(())
         }
         Boot::Restore { mapping: MemoryMapping::Private, .. } => Ok(()),
+    }
+}
+
+/// Drop this name of the file; other links keep the inode and its bytes.
+fn unlink(path: &Path) -> Result<(), ManagerError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ManagerError::io(format!("remove old memory file {}", path.display()), e)),
     }
 }

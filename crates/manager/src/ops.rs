@@ -50,6 +50,7 @@ impl Manager {
             error: None,
             boot_ms: None,
             memory: tine_hypervisor::MemoryMapping::Shared,
+            ram_in_state: false,
             parent: None,
         };
         let slot = self.reserve(record)?;

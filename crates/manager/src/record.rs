@@ -36,6 +36,10 @@ pub struct InstanceRecord {
     /// file is a link to their source's and is never written.
     #[serde(default = "shared")]
     pub memory: MemoryMapping,
+    /// In Standby: the device state carries the RAM (the VM mapped its
+    /// memory file privately); restore loads it into a fresh memory file.
+    #[serde(default)]
+    pub ram_in_state: bool,
     /// The instance, snapshot or template this one was forked from.
     #[serde(default)]
     pub parent: Option<String>,
@@ -115,6 +119,7 @@ mod tests {
             error: None,
             boot_ms: Some(1200.5),
             memory: MemoryMapping::Private,
+            ram_in_state: true,
             parent: Some("src".into()),
         }
     }

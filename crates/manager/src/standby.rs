@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tine_hypervisor::Boot;
+use tine_hypervisor::{Boot, MemoryMapping, RamSave};
 use tracing::info;
 
 use crate::error::ManagerError;
@@ -23,16 +23,26 @@ impl Manager {
     pub async fn standby(self: &Arc<Self>, name: &str) -> Result<InstanceInfo, ManagerError> {
         let slot = self.slot(name)?;
         let _g = slot.op.lock().await;
+        self.transition(&slot.record(), Op::Standby)?;
+        self.standby_locked(&slot).await?;
+        Ok(slot.info())
+    }
+
+    /// Standby with the op lock held.
+    pub(crate) async fn standby_locked(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<(), ManagerError> {
         let rec = slot.record();
-        self.transition(&rec, Op::Standby)?;
         let proc = rec.process.ok_or_else(|| ManagerError::Failed("no VM process recorded".into()))?;
         let t0 = Instant::now();
         if rec.state == State::Running {
             // Durable guest disk first: the overlay is part of what we park.
             let _ = agent::sync(&slot.agent).await;
         }
+        // A privately mapped VM (a fork) has its RAM in no file: it goes
+        // into the state, and the link to the shared inode is dropped below.
+        let private = rec.memory == MemoryMapping::Private;
+        let ram = if private { RamSave::InState } else { RamSave::InMemoryFile };
         let tmp = slot.dir.join(STATE_TMP);
-        let saved = self.hv.save_state(&slot.dir, &tmp).await;
+        let saved = self.hv.save_state(&slot.dir, &tmp, ram).await;
         let report = match saved {
             Ok(r) => r,
             Err(e) => {
@@ -46,7 +56,13 @@ impl Manager {
         };
         self.hv.stop(&slot.dir, &proc, Duration::from_secs(10)).await?;
         slot.agent.reset().await;
-        sync_file(&slot.dir.join(MEMORY_FILE))?;
+        let memory = slot.dir.join(MEMORY_FILE);
+        if private {
+            // The parked fork depends on nobody: its RAM is in its state.
+            let _ = std::fs::remove_file(&memory);
+        } else {
+            sync_file(&memory)?;
+        }
         sync_file(&tmp)?;
         std::fs::rename(&tmp, slot.dir.join(STATE_FILE))
             .map_err(|e| ManagerError::io("rename device state into place", e))?;
@@ -54,6 +70,9 @@ impl Manager {
         slot.update(|r| {
             r.state = State::Standby;
             r.process = None;
+            // Restore maps a new file shared and loads the RAM into it.
+            r.memory = MemoryMapping::Shared;
+            r.ram_in_state = private;
         })?;
         info!(
             name = rec.name,
@@ -63,7 +82,7 @@ impl Manager {
             state_bytes = report.state_bytes,
             "instance in standby"
         );
-        Ok(slot.info())
+        Ok(())
     }
 
     pub async fn restore(self: &Arc<Self>, name: &str) -> Result<InstanceInfo, ManagerError> {
@@ -80,14 +99,14 @@ impl Manager {
     pub(crate) async fn restore_locked(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<(), ManagerError> {
         let rec = slot.record();
         let state_file = slot.dir.join(STATE_FILE);
-        if !state_file.is_file() || !slot.dir.join(MEMORY_FILE).is_file() {
+        if !state_file.is_file() || (!rec.ram_in_state && !slot.dir.join(MEMORY_FILE).is_file()) {
             return Err(ManagerError::Failed(format!(
                 "standby files of {} are missing; the instance cannot be restored",
                 rec.name
             )));
         }
         let image = image::load(&self.cfg.images_dir, &rec.image)?;
-        let boot = Boot::Restore { state_file: state_file.clone(), mapping: rec.memory };
+        let boot = Boot::Restore { state_file: state_file.clone(), mapping: rec.memory, ram_in_state: rec.ram_in_state };
         if let Err(e) = self.boot(slot, &image, boot, None).await {
             if slot.record().process.is_some() {
                 // The guest ran: its memory file moved on, the parked state is gone.
@@ -104,6 +123,7 @@ impl Manager {
         }
         // The memory file now moves on; the saved state no longer matches it.
         let _ = std::fs::remove_file(&state_file);
+        slot.update(|r| r.ram_in_state = false)?;
         Ok(())
     }
 }

@@ -8,6 +8,8 @@ pub const QMP_SOCKET: &str = "qmp.sock";
 pub const AGENT_SOCKET: &str = "agent.sock";
 pub const CONSOLE_LOG: &str = "console.log";
 pub const PID_FILE: &str = "qemu.pid";
+/// QEMU's stderr and `-D` log.
+pub const QEMU_LOG: &str = "qemu.log";
 
 /// The virtio-serial port name the guest agent looks for.
 pub const AGENT_PORT_NAME: &str = "tine.agent";
@@ -86,6 +88,10 @@ pub fn build(spec: &VmSpec, boot: &Boot) -> Vec<String> {
         format!("virtserialport,chardev=agent,name={AGENT_PORT_NAME}"),
         "-qmp".into(),
         format!("unix:{},server=on,wait=off", esc(&run.join(QMP_SOCKET))),
+        // -D keeps stderr open after -daemonize (QEMU only redirects it to
+        // /dev/null when no log file is set).
+        "-D".into(),
+        p(&run.join(QEMU_LOG)),
         "-daemonize".into(),
         "-pidfile".into(),
         p(&run.join(PID_FILE)),
@@ -129,7 +135,7 @@ mod tests {
 
     #[test]
     fn private_restore_maps_memory_copy_on_write_and_defers_incoming() {
-        let boot = Boot::Restore { state_file: "/s".into(), mapping: MemoryMapping::Private };
+        let boot = Boot::Restore { state_file: "/s".into(), mapping: MemoryMapping::Private, ram_in_state: false };
         let a = joined(&build(&spec(Accel::Tcg), &boot));
         assert!(a.contains("share=off"));
         assert!(a.ends_with("-incoming defer"));

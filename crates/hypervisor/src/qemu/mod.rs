@@ -16,11 +16,11 @@ use rustix::process::{kill_process, Pid, Signal};
 use serde_json::json;
 use tracing::{debug, warn};
 
-pub use cmdline::{AGENT_PORT_NAME, AGENT_SOCKET, CONSOLE_LOG, PID_FILE, QMP_SOCKET};
+pub use cmdline::{AGENT_PORT_NAME, AGENT_SOCKET, CONSOLE_LOG, PID_FILE, QEMU_LOG, QMP_SOCKET};
 use qmp::Qmp;
 
 use crate::{
-    process_alive, wait_exit, Boot, HvError, Hypervisor, SaveReport, VmEndpoints, VmProcess,
+    process_alive, wait_exit, Boot, HvError, Hypervisor, RamSave, SaveReport, VmEndpoints, VmProcess,
     VmSpec,
 };
 
@@ -54,9 +54,10 @@ impl Qemu {
         std::env::split_paths(&path).map(|d| d.join(&self.binary)).find(|c| c.is_file())
     }
 
-    async fn incoming(run_dir: &Path, state_file: &Path) -> Result<(), HvError> {
+    async fn incoming(run_dir: &Path, state_file: &Path, ram_in_state: bool) -> Result<(), HvError> {
         let mut q = Qmp::connect_retry(&Self::qmp_path(run_dir), START_TIMEOUT).await?;
-        set_ignore_shared(&mut q).await?;
+        // Must match the save: QEMU refuses a stream whose capability differs.
+        set_ignore_shared(&mut q, !ram_in_state).await?;
         let uri = format!("file:{}", state_file.display());
         q.execute("migrate-incoming", Some(json!({ "uri": uri }))).await?;
         wait_migration(&mut q, "incoming migration").await?;
@@ -71,8 +72,10 @@ impl Default for Qemu {
     }
 }
 
-async fn set_ignore_shared(q: &mut Qmp) -> Result<(), HvError> {
-    let caps = json!({ "capabilities": [ { "capability": "x-ignore-shared", "state": true } ] });
+/// Set explicitly every time: capabilities persist in a QEMU process (an
+/// incoming load sets it on; a later save may need it off).
+async fn set_ignore_shared(q: &mut Qmp, on: bool) -> Result<(), HvError> {
+    let caps = json!({ "capabilities": [ { "capability": "x-ignore-shared", "state": on } ] });
     q.execute("migrate-set-capabilities", Some(caps)).await?;
     Ok(())
 }
@@ -118,6 +121,14 @@ fn remove_stale(path: &Path) -> Result<(), HvError> {
     }
 }
 
+/// What QEMU wrote to its log since `from`, trimmed, at most 4 KiB.
+fn read_from(path: &Path, from: u64) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let tail = &bytes[(from as usize).min(bytes.len())..];
+    let text = String::from_utf8_lossy(&tail[tail.len().saturating_sub(4096)..]);
+    text.trim().to_string()
+}
+
 /// SIGKILL a process if (and only if) it is still the recorded one.
 pub fn kill(proc: &VmProcess) {
     if !process_alive(proc) {
@@ -156,19 +167,27 @@ impl Hypervisor for Qemu {
         let args = cmdline::build(spec, &boot);
         debug!(?args, "starting qemu");
         // With -daemonize the launcher exits once the VM is set up, reporting
-        // start-up errors on stderr and leaving the VM outside our process tree.
-        let out = tokio::process::Command::new(&binary)
+        // start-up errors on stderr and leaving the VM outside our process
+        // tree. stderr goes to a file (QEMU keeps it open after daemonizing
+        // because -D is given), so later errors are kept too.
+        let log_path = run.join(QEMU_LOG);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| HvError::io(&log_path, e))?;
+        let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+        let status = tokio::process::Command::new(&binary)
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(log)
             .kill_on_drop(true)
-            .output()
+            .status()
             .await
             .map_err(|e| HvError::io(&binary, e))?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            return Err(HvError::StartFailed { stderr });
+        if !status.success() {
+            return Err(HvError::StartFailed { stderr: read_from(&log_path, log_start) });
         }
         let pid_path = run.join(PID_FILE);
         let pid_text = std::fs::read_to_string(&pid_path).map_err(|e| HvError::io(&pid_path, e))?;
@@ -179,10 +198,14 @@ impl Hypervisor for Qemu {
         let proc = VmProcess::of_pid(pid).map_err(|_| HvError::StartFailed {
             stderr: "QEMU exited right after start".into(),
         })?;
-        if let Boot::Restore { state_file, .. } = &boot {
-            if let Err(e) = Self::incoming(run, state_file).await {
+        if let Boot::Restore { state_file, ram_in_state, .. } = &boot {
+            if let Err(e) = Self::incoming(run, state_file, *ram_in_state).await {
                 kill(&proc);
-                return Err(e);
+                let log = read_from(&log_path, log_start);
+                return Err(match e {
+                    HvError::QmpProtocol(m) if !log.is_empty() => HvError::StartFailed { stderr: format!("{m}; QEMU said: {log}") },
+                    e => e,
+                });
             }
         }
         Ok(proc)
@@ -205,12 +228,12 @@ impl Hypervisor for Qemu {
         Ok(())
     }
 
-    async fn save_state(&self, run_dir: &Path, state_file: &Path) -> Result<SaveReport, HvError> {
+    async fn save_state(&self, run_dir: &Path, state_file: &Path, ram: RamSave) -> Result<SaveReport, HvError> {
         let mut q = Self::qmp(run_dir).await?;
         let t0 = Instant::now();
         q.execute("stop", None).await?;
         let pause_ms = t0.elapsed().as_secs_f64() * 1e3;
-        set_ignore_shared(&mut q).await?;
+        set_ignore_shared(&mut q, ram == RamSave::InMemoryFile).await?;
         remove_stale(state_file)?;
         let uri = format!("file:{}", state_file.display());
         let t1 = Instant::now();
