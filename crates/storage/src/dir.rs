@@ -190,7 +190,7 @@ impl<S: Sys> Walk<'_, '_, S> {
             let rel = rel.join(entry.file_name());
             let src = entry.path();
             let dst = self.dst.join(&rel);
-            if self.opts.skip.iter().any(|s| *s == rel) {
+            if self.opts.skip.contains(&rel) {
                 self.skip(rel, SkipReason::Listed);
                 continue;
             }

@@ -21,6 +21,8 @@
 //! cost. Feature `testfs` exposes [`testfs`], loop-mounted filesystems for
 //! tests of this and other crates.
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 mod atomic;
 mod dir;
 mod engine;

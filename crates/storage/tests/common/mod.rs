@@ -121,8 +121,10 @@ fn walk(root: &Path, rel: &Path, out: &mut Vec<String>) {
         } else if meta.is_dir() {
             walk(root, &rel, out);
             "dir".to_string()
-        } else {
+        } else if meta.is_file() {
             format!("{} bytes #{:x}", meta.len(), content_hash(&root.join(&rel)))
+        } else {
+            format!("special {:o}", meta.mode() & 0o170000)
         };
         let mode = if meta.file_type().is_symlink() { 0 } else { meta.mode() & 0o7777 };
         out.push(format!("{} {:o} {what}", rel.display(), mode));
