@@ -8,7 +8,7 @@ export TINE_IMAGES_DIR=${TINE_IMAGES_DIR:-/var/lib/tine/images}
 [ -f "$TINE_IMAGES_DIR/default/manifest.json" ] || {
     echo "no guest image in $TINE_IMAGES_DIR: run scripts/setup.sh first" >&2; exit 1; }
 if cargo nextest --version >/dev/null 2>&1; then
-    exec cargo nextest run --workspace --locked --no-fail-fast "$@"
+    exec cargo nextest run --workspace --locked --no-fail-fast --features tine-cli/failpoints "$@"
 else
-    exec cargo test --workspace --locked --no-fail-fast "$@"
+    exec cargo test --workspace --locked --no-fail-fast --features tine-cli/failpoints "$@"
 fi

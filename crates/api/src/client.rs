@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::types::{ErrorBody, ForkReport, ForkRequest, ExecFrame, ExecRequest, ExecResult, Health, InstanceInfo, RunRequest};
+use crate::types::{ErrorBody, ForkFrom, ForkReport, ForkRequest, PromoteRequest, RestoreRequest, SnapshotInfo, SnapshotRequest, ExecFrame, ExecRequest, ExecResult, Health, InstanceInfo, RunRequest};
 
 #[derive(Debug, Clone)]
 pub enum Endpoint {
@@ -126,7 +126,40 @@ impl Client {
     }
 
     pub async fn fork(&self, req: &ForkRequest) -> Result<ForkReport, ClientError> {
-        self.json(Method::POST, &format!("/v1/instances/{}/fork", seg(&req.source)), Some(req)).await
+        let kind = match req.from {
+            ForkFrom::Instance => "instances",
+            ForkFrom::Snapshot => "snapshots",
+            ForkFrom::Template => "templates",
+        };
+        self.json(Method::POST, &format!("/v1/{kind}/{}/fork", seg(&req.source)), Some(req)).await
+    }
+
+    pub async fn snapshot_create(&self, req: &SnapshotRequest) -> Result<SnapshotInfo, ClientError> {
+        self.json(Method::POST, "/v1/snapshots", Some(req)).await
+    }
+
+    /// `kind`: "snapshots" or "templates".
+    pub async fn snapshot_list(&self, kind: &str) -> Result<Vec<SnapshotInfo>, ClientError> {
+        self.json(Method::GET, &format!("/v1/{kind}"), None::<&()>).await
+    }
+
+    pub async fn snapshot_get(&self, kind: &str, name: &str, wait_compressed: bool) -> Result<SnapshotInfo, ClientError> {
+        let q = if wait_compressed { "?wait_compressed=true" } else { "" };
+        self.json(Method::GET, &format!("/v1/{kind}/{}{q}", seg(name)), None::<&()>).await
+    }
+
+    pub async fn snapshot_remove(&self, kind: &str, name: &str) -> Result<SnapshotInfo, ClientError> {
+        self.json(Method::DELETE, &format!("/v1/{kind}/{}", seg(name)), None::<&()>).await
+    }
+
+    pub async fn snapshot_restore(&self, name: &str, into: &str) -> Result<InstanceInfo, ClientError> {
+        let req = RestoreRequest { into: into.into() };
+        self.json(Method::POST, &format!("/v1/snapshots/{}/restore", seg(name)), Some(&req)).await
+    }
+
+    pub async fn template_promote(&self, instance: &str) -> Result<SnapshotInfo, ClientError> {
+        let req = PromoteRequest { instance: instance.into() };
+        self.json(Method::POST, "/v1/templates", Some(&req)).await
     }
 
     pub async fn exec(&self, name: &str, req: &ExecRequest) -> Result<ExecResult, ClientError> {

@@ -16,6 +16,13 @@
 //! | POST `/v1/instances/{name}/exec`           | `ExecRequest`          | [`ExecResult`]          |
 //! | POST `/v1/instances/{name}/exec?stream=true` | `ExecRequest`        | NDJSON [`ExecFrame`]s   |
 //! | GET `/v1/instances/{name}/logs`            | `?follow=true`         | text (serial console)   |
+//! | GET/POST `/v1/snapshots`                   | `SnapshotRequest`      | `[SnapshotInfo]` / 201  |
+//! | GET/DELETE `/v1/snapshots/{name}`          | `?wait_compressed=true`| `SnapshotInfo`          |
+//! | POST `/v1/snapshots/{name}/restore`        | [`RestoreRequest`]     | `InstanceInfo`          |
+//! | POST `/v1/snapshots/{name}/fork`           | `ForkRequest`          | `ForkReport`            |
+//! | GET/POST `/v1/templates`                   | [`PromoteRequest`]     | `[SnapshotInfo]` / 201  |
+//! | GET/DELETE `/v1/templates/{name}`          |                        | `SnapshotInfo` (409 with live forks) |
+//! | POST `/v1/templates/{name}/fork`           | `ForkRequest`          | `ForkReport`            |
 
 pub mod client;
 pub mod error;

@@ -19,7 +19,7 @@ use tokio_stream::StreamExt;
 use tracing::info;
 
 use crate::error::ApiError;
-use crate::types::{ExecRequest, ForkReport, ForkRequest, ExecResult, Health, InstanceInfo, RunRequest};
+use crate::types::{ExecRequest, ForkFrom, ForkReport, ForkRequest, PromoteRequest, RestoreRequest, SnapshotInfo, SnapshotRequest, ExecResult, Health, InstanceInfo, RunRequest};
 
 /// Requests are small JSON documents; exec stdin is capped by the agent.
 const BODY_LIMIT: usize = 1 << 20;
@@ -35,6 +35,13 @@ pub fn router(mgr: Arc<Manager>) -> Router {
         .route("/v1/instances/{name}/fork", post(fork))
         .route("/v1/instances/{name}/logs", get(crate::logs::logs))
         .route("/v1/instances/{name}/{action}", post(action))
+        .route("/v1/snapshots", get(snapshots).post(snapshot_create))
+        .route("/v1/snapshots/{name}", get(snapshot_inspect).delete(snapshot_remove))
+        .route("/v1/snapshots/{name}/restore", post(snapshot_restore))
+        .route("/v1/snapshots/{name}/fork", post(snapshot_fork))
+        .route("/v1/templates", get(templates).post(template_promote))
+        .route("/v1/templates/{name}", get(template_inspect).delete(template_remove))
+        .route("/v1/templates/{name}/fork", post(template_fork))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(mgr)
 }
@@ -87,9 +94,67 @@ async fn action(State(m): Mgr, Path((name, action)): Path<(String, String)>) -> 
     Ok(Json(info))
 }
 
-async fn fork(State(m): Mgr, Path(name): Path<String>, Json(mut req): Json<ForkRequest>) -> Result<Json<ForkReport>, ApiError> {
-    req.source = name;
+async fn fork(State(m): Mgr, Path(name): Path<String>, Json(req): Json<ForkRequest>) -> Result<Json<ForkReport>, ApiError> {
+    fork_from(m, name, ForkFrom::Instance, req).await
+}
+
+async fn fork_from(m: Arc<Manager>, source: String, from: ForkFrom, mut req: ForkRequest) -> Result<Json<ForkReport>, ApiError> {
+    req.source = source;
+    req.from = from;
     Ok(Json(m.fork(req).await?))
+}
+
+async fn snapshots(State(m): Mgr) -> Json<Vec<SnapshotInfo>> {
+    Json(m.snapshots(false))
+}
+
+async fn snapshot_create(State(m): Mgr, Json(req): Json<SnapshotRequest>) -> Result<(StatusCode, Json<SnapshotInfo>), ApiError> {
+    Ok((StatusCode::CREATED, Json(m.snapshot_create(req).await?)))
+}
+
+#[derive(Deserialize)]
+struct WaitQuery {
+    #[serde(default)]
+    wait_compressed: bool,
+}
+
+async fn snapshot_inspect(State(m): Mgr, Path(name): Path<String>, Query(q): Query<WaitQuery>) -> Result<Json<SnapshotInfo>, ApiError> {
+    if q.wait_compressed {
+        return Ok(Json(m.snapshot_wait_compressed(&name).await?));
+    }
+    Ok(Json(m.snapshot(&name, false)?))
+}
+
+async fn snapshot_remove(State(m): Mgr, Path(name): Path<String>) -> Result<Json<SnapshotInfo>, ApiError> {
+    Ok(Json(m.snapshot_remove(&name, false).await?))
+}
+
+async fn snapshot_restore(State(m): Mgr, Path(name): Path<String>, Json(req): Json<RestoreRequest>) -> Result<Json<InstanceInfo>, ApiError> {
+    Ok(Json(m.snapshot_restore(&name, &req.into).await?))
+}
+
+async fn snapshot_fork(State(m): Mgr, Path(name): Path<String>, Json(req): Json<ForkRequest>) -> Result<Json<ForkReport>, ApiError> {
+    fork_from(m, name, ForkFrom::Snapshot, req).await
+}
+
+async fn templates(State(m): Mgr) -> Json<Vec<SnapshotInfo>> {
+    Json(m.snapshots(true))
+}
+
+async fn template_promote(State(m): Mgr, Json(req): Json<PromoteRequest>) -> Result<(StatusCode, Json<SnapshotInfo>), ApiError> {
+    Ok((StatusCode::CREATED, Json(m.template_promote(&req.instance).await?)))
+}
+
+async fn template_inspect(State(m): Mgr, Path(name): Path<String>) -> Result<Json<SnapshotInfo>, ApiError> {
+    Ok(Json(m.snapshot(&name, true)?))
+}
+
+async fn template_remove(State(m): Mgr, Path(name): Path<String>) -> Result<Json<SnapshotInfo>, ApiError> {
+    Ok(Json(m.snapshot_remove(&name, true).await?))
+}
+
+async fn template_fork(State(m): Mgr, Path(name): Path<String>, Json(req): Json<ForkRequest>) -> Result<Json<ForkReport>, ApiError> {
+    fork_from(m, name, ForkFrom::Template, req).await
 }
 
 #[derive(Deserialize)]

@@ -3,7 +3,22 @@
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-pub use tine_manager::{ExecRequest, ForkOutcome, ForkReport, ForkRequest, ForkTarget, InstanceInfo, RunRequest, State};
+pub use tine_manager::{
+    CompressState, ExecRequest, ForkFrom, ForkOutcome, ForkReport, ForkRequest, ForkTarget, InstanceInfo, RunRequest,
+    SnapshotInfo, SnapshotKind, SnapshotRequest, State,
+};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreRequest {
+    /// Instance to restore into (created in standby if it does not exist).
+    pub into: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PromoteRequest {
+    /// The standby instance that becomes a template.
+    pub instance: String,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Health {

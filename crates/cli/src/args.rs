@@ -53,6 +53,12 @@ pub enum Command {
     Exec(ExecArgs),
     /// Fork an instance in standby (or a running one with --from-running).
     Fork(ForkArgs),
+    /// Named, immutable snapshots of an instance.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// Templates: standby instances promoted to immutable fork sources.
+    #[command(subcommand)]
+    Template(TemplateCmd),
     /// Stop an instance (the disk is kept).
     Stop { name: String },
     /// Start a stopped instance (or restore one in standby).
@@ -132,10 +138,61 @@ pub struct ExecArgs {
     pub argv: Vec<String>,
 }
 
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCmd {
+    /// Snapshot an instance (a running one pauses briefly).
+    Create {
+        instance: String,
+        #[arg(long)]
+        name: String,
+        /// standby (memory + devices + disk) or stopped (disk only).
+        #[arg(long, default_value = "standby")]
+        kind: String,
+        /// Compress the memory file afterwards: zstd or zstd:LEVEL.
+        #[arg(long)]
+        compress: Option<String>,
+    },
+    /// List snapshots.
+    Ls,
+    /// Show a snapshot.
+    Inspect {
+        name: String,
+        /// Wait for a running compression to finish first.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Delete a snapshot (forks made from it keep working).
+    Rm { name: String },
+    /// Put a snapshot's state into an instance (created if missing).
+    Restore {
+        name: String,
+        #[arg(long)]
+        into: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TemplateCmd {
+    /// Turn a standby instance into a template (the instance is removed).
+    Promote { instance: String },
+    /// List templates with their live fork counts.
+    Ls,
+    /// Show a template.
+    Inspect { name: String },
+    /// Delete a template (refused while forks of it exist).
+    Rm { name: String },
+}
+
 #[derive(Args, Debug)]
 pub struct ForkArgs {
-    /// The source instance.
+    /// The source instance (or snapshot/template name with --snapshot/--template).
     pub source: String,
+    /// The source is a snapshot.
+    #[arg(long, conflicts_with = "template")]
+    pub snapshot: bool,
+    /// The source is a template.
+    #[arg(long)]
+    pub template: bool,
     /// Name of the fork (with --count: NAME-1 … NAME-N).
     #[arg(long)]
     pub name: Option<String>,
@@ -144,7 +201,7 @@ pub struct ForkArgs {
     /// Fork a running instance: it pauses while its state is captured.
     #[arg(long)]
     pub from_running: bool,
-    /// State of the new forks: running or standby.
+    /// State of the new forks: running, standby or stopped.
     #[arg(long, default_value = "running")]
     pub target: String,
     /// Forks made at once.

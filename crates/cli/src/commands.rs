@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use tine_api::{Client, Endpoint, ExecFrame, ExecRequest, ForkRequest, ForkTarget, RunRequest};
+use tine_api::{Client, Endpoint, ExecFrame, ExecRequest, ForkFrom, ForkRequest, ForkTarget, RunRequest, SnapshotKind, SnapshotRequest};
 
-use crate::args::{Cli, Command, ExecArgs, ForkArgs, Global, RunArgs};
+use crate::args::{Cli, Command, ExecArgs, ForkArgs, Global, RunArgs, SnapshotCmd, TemplateCmd};
 use crate::output;
 
 pub fn default_data_dir() -> PathBuf {
@@ -68,6 +68,8 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Exec(a) => return exec(&c, g.json, a).await,
         Command::Fork(a) => return fork(&c, g.json, a).await,
+        Command::Snapshot(cmd) => snapshot(&c, g.json, cmd).await?,
+        Command::Template(cmd) => template(&c, g.json, cmd).await?,
         Command::Stop { name } => show(&c.action(&name, "stop").await?),
         Command::Start { name } => show(&c.action(&name, "start").await?),
         Command::Pause { name } => show(&c.action(&name, "pause").await?),
@@ -160,10 +162,17 @@ async fn fork(c: &Client, json: bool, a: ForkArgs) -> Result<ExitCode> {
     let target = match a.target.as_str() {
         "running" => ForkTarget::Running,
         "standby" => ForkTarget::Standby,
-        other => bail!("unknown fork target {other:?} (running or standby)"),
+        "stopped" => ForkTarget::Stopped,
+        other => bail!("unknown fork target {other:?} (running, standby or stopped)"),
+    };
+    let from = match (a.snapshot, a.template) {
+        (true, _) => ForkFrom::Snapshot,
+        (_, true) => ForkFrom::Template,
+        _ => ForkFrom::Instance,
     };
     let req = ForkRequest {
         source: a.source,
+        from,
         name: a.name,
         count: Some(a.count),
         from_running: a.from_running,
@@ -180,4 +189,59 @@ async fn fork(c: &Client, json: bool, a: ForkArgs) -> Result<ExitCode> {
         print!("{}", output::fork_table(&report));
     }
     Ok(if report.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+async fn snapshot(c: &Client, json: bool, cmd: SnapshotCmd) -> Result<()> {
+    let show = |s: &tine_api::SnapshotInfo| if json { output::json(s) } else { print!("{}", output::snapshot_detail(s)) };
+    match cmd {
+        SnapshotCmd::Create { instance, name, kind, compress } => {
+            let kind = match kind.as_str() {
+                "standby" => SnapshotKind::Standby,
+                "stopped" => SnapshotKind::Stopped,
+                other => bail!("unknown snapshot kind {other:?} (standby or stopped)"),
+            };
+            let compress = compress.as_deref().map(parse_compress).transpose()?;
+            show(&c.snapshot_create(&SnapshotRequest { instance, name, kind, compress }).await?);
+        }
+        SnapshotCmd::Ls => {
+            let list = c.snapshot_list("snapshots").await?;
+            if json { output::json(&list) } else { print!("{}", output::snapshot_table(&list)) }
+        }
+        SnapshotCmd::Inspect { name, wait } => show(&c.snapshot_get("snapshots", &name, wait).await?),
+        SnapshotCmd::Rm { name } => {
+            let s = c.snapshot_remove("snapshots", &name).await?;
+            if json { output::json(&s) } else { println!("{}", s.record.name) }
+        }
+        SnapshotCmd::Restore { name, into } => {
+            let i = c.snapshot_restore(&name, &into).await?;
+            if json { output::json(&i) } else { print!("{}", output::detail(&i)) }
+        }
+    }
+    Ok(())
+}
+
+/// "zstd" or "zstd:LEVEL" → level (default 3).
+fn parse_compress(s: &str) -> Result<i32> {
+    match s.split_once(':') {
+        None if s == "zstd" => Ok(3),
+        Some(("zstd", level)) => level.parse().map_err(|_| anyhow::anyhow!("invalid zstd level {level:?}")),
+        _ => bail!("unknown compression {s:?} (zstd or zstd:LEVEL)"),
+    }
+}
+
+async fn template(c: &Client, json: bool, cmd: TemplateCmd) -> Result<()> {
+    let show = |s: &tine_api::SnapshotInfo| if json { output::json(s) } else { print!("{}", output::snapshot_detail(s)) };
+    match cmd {
+        TemplateCmd::Promote { instance } => show(&c.template_promote(&instance).await?),
+        TemplateCmd::Ls => {
+            let list = c.snapshot_list("templates").await?;
+            if json { output::json(&list) } else { print!("{}", output::snapshot_table(&list)) }
+        }
+        TemplateCmd::Inspect { name } => show(&c.snapshot_get("templates", &name, false).await?),
+        TemplateCmd::Rm { name } => {
+            let s = c.snapshot_remove("templates", &name).await?;
+            if json { output::json(&s) } else { println!("{}", s.record.name) }
+        }
+    }
+    Ok(())
 }

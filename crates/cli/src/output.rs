@@ -76,6 +76,58 @@ pub fn fork_table(r: &tine_api::ForkReport) -> String {
     out
 }
 
+pub fn snapshot_table(list: &[tine_api::SnapshotInfo]) -> String {
+    let mut out = format!(
+        "{:<14} {:<20} {:<8} {:<16} {:>7} {:<12} {:>9} {:>5}\n",
+        "ID", "NAME", "KIND", "SOURCE", "MEMORY", "COMPRESSION", "DISK_MIB", "FORKS"
+    );
+    for s in list {
+        let r = &s.record;
+        let _ = writeln!(
+            out,
+            "{:<14} {:<20} {:<8} {:<16} {:>6}M {:<12} {:>9.1} {:>5}",
+            r.id,
+            r.name,
+            format!("{:?}", r.kind).to_lowercase(),
+            r.source,
+            r.memory_mib,
+            format!("{:?}", r.compression.state).to_lowercase(),
+            s.disk_bytes as f64 / (1 << 20) as f64,
+            s.forks
+        );
+    }
+    out
+}
+
+pub fn snapshot_detail(s: &tine_api::SnapshotInfo) -> String {
+    let r = &s.record;
+    let mut out = String::new();
+    let _ = writeln!(out, "id:          {}", r.id);
+    let _ = writeln!(out, "name:        {}", r.name);
+    let _ = writeln!(out, "kind:        {}{}", format!("{:?}", r.kind).to_lowercase(), if r.template { " (template)" } else { "" });
+    let _ = writeln!(out, "source:      {}", r.source);
+    let _ = writeln!(out, "memory:      {} MiB, {} vcpus, image {}", r.memory_mib, r.vcpus, r.image);
+    let c = &r.compression;
+    let _ = writeln!(
+        out,
+        "compression: {}{}",
+        format!("{:?}", c.state).to_lowercase(),
+        match (c.raw_bytes, c.compressed_bytes) {
+            (Some(a), Some(b)) => format!(" ({:.1} MiB -> {:.1} MiB)", a as f64 / 1048576.0, b as f64 / 1048576.0),
+            _ => String::new(),
+        }
+    );
+    if let Some(e) = &c.error {
+        let _ = writeln!(out, "  error:     {e}");
+    }
+    if r.template {
+        let _ = writeln!(out, "forks:       {}", s.forks);
+    }
+    let _ = writeln!(out, "disk:        {:.1} MiB allocated", s.disk_bytes as f64 / 1048576.0);
+    let _ = writeln!(out, "directory:   {}", s.dir.display());
+    out
+}
+
 /// "256M", "1G", "512" (MiB) → MiB.
 pub fn parse_mib(s: &str) -> Result<u32, String> {
     let t = s.trim();

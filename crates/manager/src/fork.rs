@@ -1,39 +1,44 @@
 //! Fork: N independent copies of a VM that continue from one instant.
 //!
-//! How a fork is made (MISSION.md items 3 and 4):
+//! How a fork is made (MISSION.md items 2–4):
 //! 1. A *base* is fixed: the files of a parked VM (memory file, device
-//!    state, disk). A Standby source is its own base. A running source is
-//!    paused just long enough to save device state, copy its disk and — if
-//!    it maps its RAM file shared — take a private copy of that file for the
-//!    forks (reflink where possible), then it continues. The base lives in a
-//!    staging directory that is removed once the forks hold their links.
+//!    state, disk). A standby instance, a snapshot or a template is its own
+//!    base. A running source is paused just long enough to capture one into
+//!    a staging directory (see `base.rs`), then continues; the staging
+//!    directory is removed once the forks hold their links.
 //! 2. Each fork gets a directory made by the copy engine (disk and device
 //!    state: reflink or sparse copy), and its memory file is a *hardlink*
 //!    to the base's, made by `tine_storage::share`: no memory I/O at fork
 //!    time, one inode and one page cache for all siblings.
 //! 3. The fork maps that file privately (copy-on-write): guest writes never
-//!    reach it. Its record says so (`memory: private`), and every later
-//!    restore of it maps privately as well.
+//!    reach it. Its record says so (`memory: private`).
 //! 4. After resume the agent reseeds the guest's entropy, sets hostname,
 //!    machine-id and clock; only then is the fork reported ready.
-//! A fork that fails at any step is removed entirely.
+//!
+//! A fork that fails at any step is removed entirely. A template's fork
+//! count is the number of instance records naming it: it rises when a fork
+//! reserves its record (before it is committed) and falls when a failed
+//! fork is discarded or a fork is removed. Forks hold the base snapshot's
+//! lock shared, so a template cannot be removed while one is being made.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tine_hypervisor::{Boot, MemoryMapping, RamSave};
-use tokio::sync::Semaphore;
+use tine_hypervisor::{Accel, Boot, MemoryMapping};
+use tokio::sync::{OwnedRwLockReadGuard, Semaphore};
 use tracing::{info, warn};
 
 use crate::agent::Identity;
+use crate::base::blocking;
 use crate::error::{chain, ManagerError};
 use crate::image;
 use crate::ops::{ms, remove_dir, BootTimes, MEMORY_FILE, ROOT_DISK, STATE_FILE};
 use crate::record::{InstanceRecord, SCHEMA};
+use crate::snapshot::SnapshotKind;
 use crate::state::State;
-use crate::{names, now_unix, InstanceInfo, Manager};
+use crate::{names, now_unix, ForkMemory, InstanceInfo, Manager};
 
 pub const MAX_FORKS_PER_REQUEST: u32 = 100;
 
@@ -43,17 +48,29 @@ pub enum ForkTarget {
     #[default]
     Running,
     Standby,
+    Stopped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForkFrom {
+    #[default]
+    Instance,
+    Snapshot,
+    Template,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ForkRequest {
-    /// The source instance (name or id).
+    /// The source: an instance, snapshot or template name (see `from`).
     pub source: String,
+    #[serde(default)]
+    pub from: ForkFrom,
     /// Name of the fork; with `count` > 1 the forks are NAME-1 … NAME-N.
     pub name: Option<String>,
     #[serde(default)]
     pub count: Option<u32>,
-    /// Required to fork a running (or paused) source.
+    /// Required to fork a running (or paused) instance.
     #[serde(default)]
     pub from_running: bool,
     #[serde(default)]
@@ -86,21 +103,52 @@ pub struct ForkReport {
 }
 
 /// The parked files forks are made from.
-struct Base {
+pub(crate) struct Base {
     dir: PathBuf,
-    record: InstanceRecord,
+    label: String,
+    image: String,
+    memory_mib: u32,
+    vcpus: u32,
+    accel: Accel,
+    /// Device state present (a stopped-kind snapshot has only a disk).
+    has_state: bool,
+    ram_in_state: bool,
+    template: Option<String>,
     /// A staging directory to delete when done (fork from running).
     staging: Option<PathBuf>,
+    /// Keeps a snapshot/template from being removed while forks are made.
+    _hold: Option<OwnedRwLockReadGuard<()>>,
 }
 
-const BASE_SKIP: [&str; 6] = [MEMORY_FILE, crate::record::RECORD_FILE, "console.log", "qemu.pid", "qmp.sock", "agent.sock"];
+impl Base {
+    fn of_instance(dir: PathBuf, r: &InstanceRecord, staging: Option<PathBuf>) -> Base {
+        Base {
+            dir,
+            label: r.name.clone(),
+            image: r.image.clone(),
+            memory_mib: r.memory_mib,
+            vcpus: r.vcpus,
+            accel: r.accel,
+            has_state: true,
+            ram_in_state: r.ram_in_state,
+            template: None,
+            staging,
+            _hold: None,
+        }
+    }
+}
 
 impl Manager {
     pub async fn fork(self: &Arc<Self>, req: ForkRequest) -> Result<ForkReport, ManagerError> {
         let t0 = Instant::now();
         let names = self.fork_names(&req)?;
         let (base, pause_ms) = self.fork_base(&req).await?;
-        let image = image::load(&self.cfg.images_dir, &base.record.image)?;
+        if !base.has_state && req.target == ForkTarget::Standby {
+            return Err(ManagerError::InvalidArgument(
+                "a stopped-kind snapshot has no memory to park: use --target running or stopped".into(),
+            ));
+        }
+        let image = image::load(&self.cfg.images_dir, &base.image)?;
         let parallel = req.parallel.unwrap_or(4).clamp(1, 32) as usize;
         let sem = Arc::new(Semaphore::new(parallel));
         let base = Arc::new(base);
@@ -122,14 +170,8 @@ impl Manager {
             let _ = remove_dir(staging);
         }
         let ok = forks.iter().filter(|f| f.error.is_none()).count();
-        let report = ForkReport {
-            source: req.source.clone(),
-            source_pause_ms: pause_ms,
-            wall_ms: ms(t0),
-            ok,
-            failed: forks.len() - ok,
-            forks,
-        };
+        let report =
+            ForkReport { source: req.source.clone(), source_pause_ms: pause_ms, wall_ms: ms(t0), ok, failed: forks.len() - ok, forks };
         info!(source = req.source, ok, failed = report.failed, wall_ms = report.wall_ms, "fork done");
         Ok(report)
     }
@@ -145,11 +187,8 @@ impl Manager {
             Some(n) => n.clone(),
             None => format!("{}-fork-{}", req.source, &names::new_id()[..4]),
         };
-        let names: Vec<String> = if count == 1 {
-            vec![base]
-        } else {
-            (1..=count).map(|i| format!("{base}-{i}")).collect()
-        };
+        let names: Vec<String> =
+            if count == 1 { vec![base] } else { (1..=count).map(|i| format!("{base}-{i}")).collect() };
         for n in &names {
             names::validate_name(n).map_err(ManagerError::InvalidArgument)?;
             if self.slot(n).is_ok() {
@@ -159,9 +198,35 @@ impl Manager {
         Ok(names)
     }
 
-    /// Fix the files forks are made from; for a running source, pause it only
-    /// while they are captured.
+    /// Fix the files forks are made from.
     async fn fork_base(self: &Arc<Self>, req: &ForkRequest) -> Result<(Base, Option<f64>), ManagerError> {
+        match req.from {
+            ForkFrom::Instance => self.instance_base(req).await,
+            ForkFrom::Snapshot | ForkFrom::Template => {
+                let template = req.from == ForkFrom::Template;
+                let snap = self.snap(&req.source, template)?;
+                let hold = snap.op.clone().read_owned().await;
+                snap.ensure_raw_memory().await?;
+                let r = snap.record();
+                let base = Base {
+                    dir: snap.dir.clone(),
+                    label: r.name.clone(),
+                    image: r.image,
+                    memory_mib: r.memory_mib,
+                    vcpus: r.vcpus,
+                    accel: r.accel,
+                    has_state: r.kind == SnapshotKind::Standby,
+                    ram_in_state: r.ram_in_state,
+                    template: template.then_some(r.id),
+                    staging: None,
+                    _hold: Some(hold),
+                };
+                Ok((base, None))
+            }
+        }
+    }
+
+    async fn instance_base(self: &Arc<Self>, req: &ForkRequest) -> Result<(Base, Option<f64>), ManagerError> {
         let slot = self.slot(&req.source)?;
         let _g = slot.op.lock().await;
         let rec = slot.record();
@@ -173,66 +238,29 @@ impl Manager {
                 info!(name = rec.name, "materializing the memory file of a parked fork before forking it");
                 self.restore_locked(&slot).await?;
                 self.standby_locked(&slot).await?;
-                return Ok((Base { dir: slot.dir.clone(), record: slot.record(), staging: None }, None));
+                Ok((Base::of_instance(slot.dir.clone(), &slot.record(), None), None))
             }
-            State::Standby => {
-                return Ok((Base { dir: slot.dir.clone(), record: rec, staging: None }, None));
+            State::Standby => Ok((Base::of_instance(slot.dir.clone(), &rec, None), None)),
+            State::Running | State::Paused if req.from_running => {
+                let staging = self.cfg.data_dir.join("staging").join(names::new_id());
+                std::fs::create_dir_all(&staging).map_err(|e| ManagerError::io("create staging directory", e))?;
+                match self.capture(&slot, &rec, &staging, SnapshotKind::Standby).await {
+                    Ok(c) => Ok((Base::of_instance(staging.clone(), &rec, Some(staging)), c.pause_ms)),
+                    Err(e) => {
+                        let _ = remove_dir(&staging);
+                        Err(e)
+                    }
+                }
             }
-            State::Running | State::Paused if req.from_running => {}
-            State::Running | State::Paused => {
-                return Err(ManagerError::InvalidArgument(format!(
-                    "{} is {}: pass --from-running to pause it briefly and fork it, or put it in standby first",
-                    rec.name, rec.state
-                )))
-            }
-            other => {
-                return Err(ManagerError::InvalidArgument(format!(
-                    "cannot fork {}: it is {other} (fork a standby or running instance)",
-                    rec.name
-                )))
-            }
+            State::Running | State::Paused => Err(ManagerError::InvalidArgument(format!(
+                "{} is {}: pass --from-running to pause it briefly and fork it, or put it in standby first",
+                rec.name, rec.state
+            ))),
+            other => Err(ManagerError::InvalidArgument(format!(
+                "cannot fork {}: it is {other} (fork a standby or running instance, a snapshot or a template)",
+                rec.name
+            ))),
         }
-        let staging = self.cfg.data_dir.join("staging").join(names::new_id());
-        std::fs::create_dir_all(&staging).map_err(|e| ManagerError::io("create staging directory", e))?;
-        let result = self.capture_running(&slot, &rec, &staging).await;
-        match result {
-            Ok(pause_ms) => Ok((Base { dir: staging.clone(), record: rec, staging: Some(staging) }, Some(pause_ms))),
-            Err(e) => {
-                let _ = remove_dir(&staging);
-                Err(e)
-            }
-        }
-    }
-
-    /// Pause, save device state, capture disk and memory into `staging`,
-    /// continue. Returns the pause time in ms.
-    async fn capture_running(
-        &self,
-        slot: &crate::Slot,
-        rec: &InstanceRecord,
-        staging: &Path,
-    ) -> Result<f64, ManagerError> {
-        let was_running = rec.state == State::Running;
-        if was_running {
-            // Not required for consistency (QEMU flushes its disk on stop),
-            // but it puts the guest's dirty page cache on the disk we copy.
-            let _ = crate::agent::sync(&slot.agent).await;
-        }
-        let t0 = Instant::now();
-        // x-ignore-shared either way: forks load it with the same capability
-        // (a privately mapped source's RAM is not "shared", so it is saved).
-        let saved = self.hv.save_state(&slot.dir, &staging.join(STATE_FILE), RamSave::InMemoryFile).await;
-        let captured = match saved {
-            Ok(_) => capture_files(&slot.dir, staging, rec.memory),
-            Err(e) => Err(e.into()),
-        };
-        if was_running {
-            self.hv.resume(&slot.dir).await?;
-        }
-        let pause_ms = ms(t0);
-        captured?;
-        info!(name = rec.name, pause_ms, "captured running source for fork");
-        Ok(pause_ms)
     }
 
     async fn fork_one(
@@ -244,23 +272,25 @@ impl Manager {
         t0: Instant,
     ) -> ForkOutcome {
         let mut out = ForkOutcome { name: name.clone(), instance: None, error: None, running_ms: None, ready_ms: None };
-        let src = &base.record;
+        // Without device state the fork boots fresh and owns its RAM file.
+        let memory = if base.has_state { MemoryMapping::Private } else { MemoryMapping::Shared };
         let record = InstanceRecord {
             schema: SCHEMA,
             id: names::new_id(),
             name: name.clone(),
             state: State::Created,
-            image: src.image.clone(),
-            memory_mib: src.memory_mib,
-            vcpus: src.vcpus,
-            accel: src.accel,
+            image: base.image.clone(),
+            memory_mib: base.memory_mib,
+            vcpus: base.vcpus,
+            accel: base.accel,
             created_at: now_unix(),
             process: None,
             error: None,
             boot_ms: None,
-            memory: MemoryMapping::Private,
-            ram_in_state: false,
-            parent: Some(src.name.clone()),
+            memory,
+            ram_in_state: base.ram_in_state,
+            parent: Some(base.label.clone()),
+            template: base.template.clone(),
         };
         let slot = match self.reserve(record) {
             Ok(s) => s,
@@ -270,21 +300,30 @@ impl Manager {
             }
         };
         let guard = slot.op.lock().await;
-        let made = self.fork_files(base, &slot.dir).await;
+        let with_state = base.has_state && target != ForkTarget::Stopped;
+        let made = self.fork_files(base, &slot.dir, with_state).await;
         let result: Result<Option<BootTimes>, ManagerError> = match (made, target) {
             (Err(e), _) => Err(e),
             (Ok(()), ForkTarget::Standby) => slot.update(|r| r.state = State::Standby).map(|()| None),
+            (Ok(()), ForkTarget::Stopped) => slot
+                .update(|r| {
+                    r.state = State::Stopped;
+                    r.memory = MemoryMapping::Shared;
+                    r.ram_in_state = false;
+                })
+                .map(|()| None),
             (Ok(()), ForkTarget::Running) => {
-                let boot = Boot::Restore {
-                    state_file: slot.dir.join(STATE_FILE),
-                    mapping: MemoryMapping::Private,
-                    ram_in_state: false,
+                let boot = if base.has_state {
+                    Boot::Restore {
+                        state_file: slot.dir.join(STATE_FILE),
+                        mapping: MemoryMapping::Private,
+                        ram_in_state: base.ram_in_state,
+                    }
+                } else {
+                    Boot::Fresh
                 };
-                let started = Instant::now();
-                let offset = started.duration_since(t0);
-                self.boot(&slot, image, boot, Some(Identity::new(&name)))
-                    .await
-                    .map(|t| Some(shift(t, offset)))
+                let offset = t0.elapsed();
+                self.boot(&slot, image, boot, Some(Identity::new(&name))).await.map(|t| Some(shift(t, offset)))
             }
         };
         drop(guard);
@@ -293,6 +332,7 @@ impl Manager {
                 if target == ForkTarget::Running {
                     // The device state was consumed; it no longer matches RAM.
                     let _ = std::fs::remove_file(slot.dir.join(STATE_FILE));
+                    let _ = slot.update(|r| r.ram_in_state = false);
                 }
                 out.running_ms = times.map(|t| t.running_ms);
                 out.ready_ms = times.map(|t| t.ready_ms);
@@ -307,60 +347,39 @@ impl Manager {
         out
     }
 
-    /// Disk and device state copied (reflink or sparse), memory file linked.
-    async fn fork_files(&self, base: &Base, dst: &Path) -> Result<(), ManagerError> {
+    /// Disk (and device state) copied, memory file linked.
+    async fn fork_files(&self, base: &Base, dst: &Path, with_state: bool) -> Result<(), ManagerError> {
+        crate::failpoint::hit("fork-files", &dst.display().to_string())?;
         let (src, dst) = (base.dir.clone(), dst.to_path_buf());
         let mode = self.cfg.fork_memory;
-        tokio::task::spawn_blocking(move || -> Result<(), ManagerError> {
-            let opts = BASE_SKIP.iter().fold(tine_storage::CopyOptions::new(), |o, s| o.skip(*s));
-            let tmp = dst.join("files.tmp");
-            // Copy into a temp dir, then move into the fork's directory, so a
-            // half-copied fork never has files that look complete.
-            tine_storage::copy_dir(&src, &tmp, &opts).map_err(|e| ManagerError::Failed(chain(&e)))?;
-            for f in [ROOT_DISK, STATE_FILE] {
-                std::fs::rename(tmp.join(f), dst.join(f))
-                    .map_err(|e| ManagerError::io(format!("move {f} into the fork"), e))?;
+        blocking(move || {
+            let copy = |f: &str| {
+                tine_storage::copy_file(&src.join(f), &dst.join(f)).map(|_| ()).map_err(|e| ManagerError::Failed(chain(&e)))
+            };
+            copy(ROOT_DISK)?;
+            if !with_state {
+                return Ok(());
             }
-            let _ = std::fs::remove_dir_all(&tmp);
+            copy(STATE_FILE)?;
             let (from, to) = (src.join(MEMORY_FILE), dst.join(MEMORY_FILE));
+            if !from.exists() {
+                // The state carries the RAM; QEMU makes an empty file.
+                return Ok(());
+            }
             match mode {
-                crate::ForkMemory::Link => {}
-                crate::ForkMemory::Copy => {
-                    tine_storage::copy_file(&from, &to).map_err(|e| ManagerError::Failed(chain(&e)))?;
-                    return Ok(());
+                ForkMemory::Link => {
+                    let report = tine_storage::share(&from, &to).map_err(|e| ManagerError::Failed(chain(&e)))?;
+                    if report.link_errno.is_some() {
+                        warn!(?report, "memory file could not be hardlinked; copied instead");
+                    }
+                    Ok(())
                 }
-                crate::ForkMemory::FullCopy => {
-                    full_copy(&from, &to).map_err(|e| ManagerError::io("copy memory file", e))?;
-                    return Ok(());
-                }
+                ForkMemory::Copy => copy(MEMORY_FILE),
+                ForkMemory::FullCopy => full_copy(&from, &to).map_err(|e| ManagerError::io("copy memory file", e)),
             }
-            let report = tine_storage::share(&from, &to).map_err(|e| ManagerError::Failed(chain(&e)))?;
-            if report.link_errno.is_some() {
-                warn!(?report, "memory file could not be hardlinked; copied instead");
-            }
-            Ok(())
         })
         .await
-        .map_err(|e| ManagerError::Failed(format!("fork copy task: {e}")))?
     }
-}
-
-/// Capture a paused source's files for forking: disk and device state by
-/// the copy engine; the memory file linked if the source never writes it
-/// (private mapping), else copied so the source can continue writing its own.
-fn capture_files(src: &Path, staging: &Path, mapping: MemoryMapping) -> Result<(), ManagerError> {
-    let disk = tine_storage::copy_file(&src.join(ROOT_DISK), &staging.join(ROOT_DISK))
-        .map_err(|e| ManagerError::Failed(chain(&e)))?;
-    let mem = match mapping {
-        MemoryMapping::Private => tine_storage::share(&src.join(MEMORY_FILE), &staging.join(MEMORY_FILE))
-            .map(|_| ())
-            .map_err(|e| ManagerError::Failed(chain(&e))),
-        MemoryMapping::Shared => tine_storage::copy_file(&src.join(MEMORY_FILE), &staging.join(MEMORY_FILE))
-            .map(|_| ())
-            .map_err(|e| ManagerError::Failed(chain(&e))),
-    };
-    info!(?disk, "captured source disk");
-    mem
 }
 
 fn shift(t: BootTimes, offset: Duration) -> BootTimes {

@@ -9,6 +9,9 @@
 //! [`Hypervisor`] and to the guest agent.
 
 mod agent;
+mod base;
+mod compress;
+pub mod failpoint;
 pub mod error;
 pub mod fork;
 pub mod image;
@@ -17,6 +20,7 @@ pub mod names;
 mod ops;
 pub mod record;
 mod recover;
+mod snapshot;
 mod standby;
 pub mod state;
 
@@ -29,7 +33,8 @@ use serde::{Deserialize, Serialize};
 use tine_hypervisor::{AccelChoice, Hypervisor};
 
 pub use error::ManagerError;
-pub use fork::{ForkOutcome, ForkReport, ForkRequest, ForkTarget};
+pub use fork::{ForkFrom, ForkOutcome, ForkReport, ForkRequest, ForkTarget};
+pub use snapshot::{CompressState, Compression, SnapshotInfo, SnapshotKind, SnapshotRecord, SnapshotRequest};
 pub use tine_hypervisor::{Accel, HvError};
 pub use record::InstanceRecord;
 pub use state::State;
@@ -161,6 +166,7 @@ pub struct Manager {
     hv: Arc<dyn Hypervisor>,
     accel: AccelChoice,
     slots: RwLock<HashMap<String, Arc<Slot>>>,
+    snaps: RwLock<HashMap<String, Arc<snapshot::SnapSlot>>>,
 }
 
 impl Manager {
@@ -172,7 +178,8 @@ impl Manager {
         };
         std::fs::create_dir_all(cfg.data_dir.join("instances"))
             .map_err(|e| ManagerError::io(format!("create {}", cfg.data_dir.display()), e))?;
-        let mgr = Arc::new(Manager { cfg, hv, accel, slots: RwLock::new(HashMap::new()) });
+        let snaps = snapshot::load_store(&cfg.data_dir.join("snapshots"))?;
+        let mgr = Arc::new(Manager { cfg, hv, accel, slots: RwLock::new(HashMap::new()), snaps: RwLock::new(snaps) });
         recover::load_all(&mgr).await?;
         Ok(mgr)
     }

@@ -52,6 +52,7 @@ impl Manager {
             memory: tine_hypervisor::MemoryMapping::Shared,
             ram_in_state: false,
             parent: None,
+            template: None,
         };
         let slot = self.reserve(record)?;
         let guard = slot.op.lock().await;

@@ -43,6 +43,9 @@ pub struct InstanceRecord {
     /// The instance, snapshot or template this one was forked from.
     #[serde(default)]
     pub parent: Option<String>,
+    /// Id of the template this fork shares memory with (its fork count).
+    #[serde(default)]
+    pub template: Option<String>,
 }
 
 fn shared() -> MemoryMapping {
@@ -121,6 +124,7 @@ mod tests {
             memory: MemoryMapping::Private,
             ram_in_state: true,
             parent: Some("src".into()),
+            template: Some("0123456789ab".into()),
         }
     }
 
