@@ -300,6 +300,12 @@ impl Manager {
             }
         };
         let guard = slot.op.lock().await;
+        if let Err(e) = crate::failpoint::hit("fork-name", &name) {
+            drop(guard);
+            self.discard(&slot).await;
+            out.error = Some(chain(&e));
+            return out;
+        }
         let with_state = base.has_state && target != ForkTarget::Stopped;
         let made = self.fork_files(base, &slot.dir, with_state).await;
         let result: Result<Option<BootTimes>, ManagerError> = match (made, target) {
@@ -349,7 +355,6 @@ impl Manager {
 
     /// Disk (and device state) copied, memory file linked.
     async fn fork_files(&self, base: &Base, dst: &Path, with_state: bool) -> Result<(), ManagerError> {
-        crate::failpoint::hit("fork-files", &dst.display().to_string())?;
         let (src, dst) = (base.dir.clone(), dst.to_path_buf());
         let mode = self.cfg.fork_memory;
         blocking(move || {

@@ -113,8 +113,14 @@ impl Manager {
         let t0 = Instant::now();
         let proc = self.hv.start(&spec, boot).await?;
         let running_ms = ms(t0);
+        // A new instance (run, fork) stays Created until it is ready, so a
+        // daemon crash before then leaves nothing that looks finished: the
+        // restart kills its VM and removes it.
+        let creating = rec.state == State::Created;
         slot.update(|r| {
-            r.state = State::Running;
+            if !creating {
+                r.state = State::Running;
+            }
             r.process = Some(proc);
             r.error = None;
         })?;
@@ -135,8 +141,12 @@ impl Manager {
                 warn!(error = %chain(&e), "could not correct the guest clock");
             }
         }
+        crate::failpoint::hit("boot-ready", &rec.name)?;
         let ready_ms = ms(t0);
-        slot.update(|r| r.boot_ms = Some(ready_ms))?;
+        slot.update(|r| {
+            r.state = State::Running;
+            r.boot_ms = Some(ready_ms);
+        })?;
         info!(name = rec.name, running_ms, ready_ms, "instance running");
         Ok(BootTimes { running_ms, ready_ms })
     }

@@ -34,7 +34,9 @@ fn guest(root: &Path, memory: u64) {
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     let regions: Vec<(u64, u64)> = (0..256)
         .map(|i| {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let jitter = (seed >> 33) % ((4 * MIB - 256 * 1024) / 4096) * 4096;
             (i * 4 * MIB + jitter, 256 * 1024)
         })
@@ -67,7 +69,10 @@ fn timed(fs: &TestFs, dst: &Path, copy: impl FnOnce()) -> (Duration, Duration) {
     assert!(drop_caches(), "cannot drop caches (need root)");
     // Reload cp's binary and libraries: the cold cache is for the data, not
     // for cp's own code (tine's is already mapped).
-    Command::new("cp").arg("--version").output().expect("spawn cp");
+    Command::new("cp")
+        .arg("--version")
+        .output()
+        .expect("spawn cp");
     let start = Instant::now();
     copy();
     let copied = start.elapsed();
@@ -77,7 +82,9 @@ fn timed(fs: &TestFs, dst: &Path, copy: impl FnOnce()) -> (Duration, Duration) {
 
 fn time_tine(fs: &TestFs, src: &Path, dst: &Path) -> ((Duration, Duration), CopyReport) {
     let mut report = None;
-    let t = timed(fs, dst, || report = Some(copy_dir(src, dst, &CopyOptions::new()).unwrap()));
+    let t = timed(fs, dst, || {
+        report = Some(copy_dir(src, dst, &CopyOptions::new()).unwrap())
+    });
     (t, report.unwrap())
 }
 
@@ -96,12 +103,21 @@ fn ms(d: Duration) -> String {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |flag: &str| args.iter().position(|a| a == flag).map(|i| args[i + 1].clone());
+    let arg = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .map(|i| args[i + 1].clone())
+    };
     let reps: usize = arg("--reps").map_or(5, |r| r.parse().expect("--reps N"));
     let kinds: Vec<FsKind> = arg("--fs")
         .unwrap_or_else(|| "xfs,btrfs,ext4".into())
         .split(',')
-        .map(|n| *FsKind::ALL.iter().find(|k| k.name() == n).expect("fs: xfs, btrfs, ext4, tmpfs"))
+        .map(|n| {
+            *FsKind::ALL
+                .iter()
+                .find(|k| k.name() == n)
+                .expect("fs: xfs, btrfs, ext4, tmpfs")
+        })
         .collect();
 
     println!("| fs | memory file | data MiB | tine copy ms | cp copy ms | tine +sync ms | cp +sync ms | tine method |");

@@ -17,7 +17,11 @@ use crate::dir::TEMP_SUFFIX;
 /// file and the last rename wins.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let tag = format!("{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+    let tag = format!(
+        "{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
     let tmp = temp_path(path, &tag)?;
     let result = (|| {
         let mut file = OpenOptions::new()
@@ -52,9 +56,9 @@ pub(crate) fn parent(path: &Path) -> &Path {
 
 /// `.{name}.{tag}.tmp` next to `path`: hidden, and skipped by `copy_dir`.
 pub(crate) fn temp_path(path: &Path, tag: &str) -> io::Result<PathBuf> {
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "path has no file name")
-    })?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
     let mut tmp = OsString::from(".");
     tmp.push(name);
     tmp.push(".");
@@ -87,7 +91,13 @@ mod tests {
 
         write_atomic(&path, b"new").unwrap();
 
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!((fs::read(&path).unwrap(), names), (b"new".to_vec(), vec![OsString::from("record.json")]));
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            (fs::read(&path).unwrap(), names),
+            (b"new".to_vec(), vec![OsString::from("record.json")])
+        );
     }
 }

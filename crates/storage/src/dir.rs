@@ -124,7 +124,9 @@ pub(crate) fn copy_dir_with<S: Sys>(
 ) -> Result<CopyReport, CopyError> {
     let meta = fs::symlink_metadata(src).map_err(CopyError::read(src))?;
     if !meta.is_dir() {
-        return Err(CopyError::NotADirectory { path: src.to_path_buf() });
+        return Err(CopyError::NotADirectory {
+            path: src.to_path_buf(),
+        });
     }
     let created = create_private_dir(dst)?;
     let mut walk = Walk {

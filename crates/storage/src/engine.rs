@@ -69,12 +69,16 @@ impl<'s, S: Sys> Engine<'s, S> {
         // block on a FIFO swapped in; both are no-ops on a regular file.
         let src_file = OpenOptions::new()
             .read(true)
-            .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+            .custom_flags(
+                (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
+            )
             .open(src)
             .map_err(CopyError::read(src))?;
         let meta = src_file.metadata().map_err(CopyError::read(src))?;
         if !meta.is_file() {
-            return Err(CopyError::NotAFile { path: src.to_path_buf() });
+            return Err(CopyError::NotAFile {
+                path: src.to_path_buf(),
+            });
         }
         let dst_file = OpenOptions::new()
             .write(true)
@@ -86,7 +90,9 @@ impl<'s, S: Sys> Engine<'s, S> {
             .fill(&src_file, src, &dst_file, dst, meta.len())
             .and_then(|report| {
                 let mode = Permissions::from_mode(meta.mode() & 0o7777);
-                dst_file.set_permissions(mode).map_err(CopyError::set_mode(dst))?;
+                dst_file
+                    .set_permissions(mode)
+                    .map_err(CopyError::set_mode(dst))?;
                 if self.fsync {
                     self.sys.fsync(&dst_file).map_err(CopyError::sync(dst))?;
                 }

@@ -131,7 +131,11 @@ mod tests {
         let err = io::Error::from(Errno::IO);
 
         assert_eq!(
-            [reflink_unsupported(&err), link_unsupported(&err), range_unsupported(&err)],
+            [
+                reflink_unsupported(&err),
+                link_unsupported(&err),
+                range_unsupported(&err)
+            ],
             [false, false, false]
         );
     }

@@ -111,14 +111,21 @@ pub(crate) fn ensure_exclusive_with<S: Sys>(sys: &S, path: &Path) -> Result<Unsh
         Err(e) if e.kind() == ErrorKind::NotFound => false,
         Err(source) => return Err(UnshareError::Sweep { path: tmp, source }),
     };
-    let done = |action| Ok(Unshare { action, swept_stale_temp });
+    let done = |action| {
+        Ok(Unshare {
+            action,
+            swept_stale_temp,
+        })
+    };
     let meta = match fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == ErrorKind::NotFound => return done(UnshareAction::Missing),
         Err(source) => return Err(stat_err(source)),
     };
     if !meta.is_file() {
-        return Err(UnshareError::NotAFile { path: path.to_path_buf() });
+        return Err(UnshareError::NotAFile {
+            path: path.to_path_buf(),
+        });
     }
     if meta.nlink() <= 1 {
         return done(UnshareAction::AlreadyExclusive);

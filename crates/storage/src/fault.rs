@@ -46,13 +46,21 @@ impl Faulty {
 
     /// Every call of `op` fails with `errno`.
     pub(crate) fn fail(mut self, op: Op, errno: Errno) -> Self {
-        self.rules.push(Rule { op, nth: None, errno });
+        self.rules.push(Rule {
+            op,
+            nth: None,
+            errno,
+        });
         self
     }
 
     /// Only the `nth` call (1-based) of `op` fails with `errno`.
     pub(crate) fn fail_nth(mut self, op: Op, nth: usize, errno: Errno) -> Self {
-        self.rules.push(Rule { op, nth: Some(nth), errno });
+        self.rules.push(Rule {
+            op,
+            nth: Some(nth),
+            errno,
+        });
         self
     }
 
@@ -64,7 +72,11 @@ impl Faulty {
     fn enter(&self, op: Op) -> io::Result<()> {
         let n = self.calls[op as usize].get() + 1;
         self.calls[op as usize].set(n);
-        match self.rules.iter().find(|r| r.op == op && r.nth.is_none_or(|k| k == n)) {
+        match self
+            .rules
+            .iter()
+            .find(|r| r.op == op && r.nth.is_none_or(|k| k == n))
+        {
             Some(rule) => Err(rule.errno.into()),
             None => Ok(()),
         }
@@ -87,7 +99,14 @@ impl Sys for Faulty {
         Real.seek_hole(file, from)
     }
 
-    fn copy_file_range(&self, src: &File, so: u64, dst: &File, doff: u64, len: usize) -> io::Result<usize> {
+    fn copy_file_range(
+        &self,
+        src: &File,
+        so: u64,
+        dst: &File,
+        doff: u64,
+        len: usize,
+    ) -> io::Result<usize> {
         self.enter(Op::CopyFileRange)?;
         Real.copy_file_range(src, so, dst, doff, len)
     }

@@ -98,9 +98,10 @@ fn enospc_during_buffered_write_propagates_and_leaves_no_file() {
     let fs = TestFs::new(FsKind::Ext4);
     let src = sparse_source(fs.path());
     let dst = fs.path().join("copy");
-    let sys = Faulty::new()
-        .fail(Op::CopyFileRange, Errno::XDEV)
-        .fail_nth(Op::WriteAt, 2, Errno::NOSPC);
+    let sys =
+        Faulty::new()
+            .fail(Op::CopyFileRange, Errno::XDEV)
+            .fail_nth(Op::WriteAt, 2, Errno::NOSPC);
 
     let err = Engine::new(&sys, false).copy_new(&src, &dst).unwrap_err();
 
@@ -113,11 +114,16 @@ fn eio_reading_source_propagates_as_read_error_on_source() {
     let fs = TestFs::new(FsKind::Ext4);
     let src = sparse_source(fs.path());
     let dst = fs.path().join("copy");
-    let sys = Faulty::new().fail(Op::CopyFileRange, Errno::XDEV).fail(Op::ReadAt, Errno::IO);
+    let sys = Faulty::new()
+        .fail(Op::CopyFileRange, Errno::XDEV)
+        .fail(Op::ReadAt, Errno::IO);
 
     let err = Engine::new(&sys, false).copy_new(&src, &dst).unwrap_err();
 
-    assert!(matches!(&err, CopyError::Read { path, .. } if *path == src), "{err:?}");
+    assert!(
+        matches!(&err, CopyError::Read { path, .. } if *path == src),
+        "{err:?}"
+    );
     assert!(!dst.exists());
 }
 
@@ -135,7 +141,10 @@ fn copy_dir_stops_trying_reflink_after_first_unsupported_answer() {
 
     assert_eq!(sys.calls(Op::Ficlone), 1);
     assert_eq!((report.reflinked, report.sparse_copied), (0, 3));
-    assert_eq!(report.fallback.map(|f| (f.errno.name, f.path)), Some(("EOPNOTSUPP", src.join("a"))));
+    assert_eq!(
+        report.fallback.map(|f| (f.errno.name, f.path)),
+        Some(("EOPNOTSUPP", src.join("a")))
+    );
 }
 
 #[test]
@@ -241,7 +250,9 @@ fn failed_fallback_copy_of_share_leaves_no_file() {
     let fs = TestFs::new(FsKind::Ext4);
     let src = sparse_source(fs.path());
     let dst = fs.path().join("fork-memory");
-    let sys = Faulty::new().fail(Op::Link, Errno::XDEV).fail(Op::CopyFileRange, Errno::NOSPC);
+    let sys = Faulty::new()
+        .fail(Op::Link, Errno::XDEV)
+        .fail(Op::CopyFileRange, Errno::NOSPC);
 
     let err = share_with(&sys, &src, &dst).unwrap_err();
 
@@ -260,7 +271,10 @@ fn failed_fsync_during_unshare_keeps_the_shared_inode_and_no_temp() {
     let err = ensure_exclusive_with(&sys, &path).unwrap_err();
 
     assert!(matches!(err, UnshareError::Copy { .. }), "{err:?}");
-    assert_eq!(fs::metadata(&path).unwrap().ino(), fs::metadata(&other).unwrap().ino());
+    assert_eq!(
+        fs::metadata(&path).unwrap().ino(),
+        fs::metadata(&other).unwrap().ino()
+    );
     assert!(!fs.path().join(".memory.unshare.tmp").exists());
 }
 
@@ -274,7 +288,10 @@ fn enospc_during_unshare_copy_keeps_the_shared_inode_and_no_temp() {
 
     let err = ensure_exclusive_with(&sys, &path).unwrap_err();
 
-    assert_eq!(err.to_string(), format!("cannot make a private copy of {}", path.display()));
+    assert_eq!(
+        err.to_string(),
+        format!("cannot make a private copy of {}", path.display())
+    );
     assert_eq!(fs::metadata(&path).unwrap().nlink(), 2);
     assert!(!fs.path().join(".memory.unshare.tmp").exists());
 }

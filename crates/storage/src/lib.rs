@@ -43,7 +43,9 @@ mod fault;
 mod fault_tests;
 
 pub use atomic::{sync_dir, write_atomic};
-pub use dir::{copy_dir, copy_file, is_temp_name, CopyOptions, CopyReport, SkipReason, Skipped, TEMP_SUFFIX};
+pub use dir::{
+    copy_dir, copy_file, is_temp_name, CopyOptions, CopyReport, SkipReason, Skipped, TEMP_SUFFIX,
+};
 pub use engine::{CopyMethod, FileCopyReport};
 pub use errno::{Fallback, OsErrno};
 pub use error::CopyError;

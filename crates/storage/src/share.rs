@@ -63,7 +63,11 @@ pub fn share(src: &Path, dst: &Path) -> Result<ShareReport, ShareError> {
     share_with(&Real, src, dst)
 }
 
-pub(crate) fn share_with<S: Sys>(sys: &S, src: &Path, dst: &Path) -> Result<ShareReport, ShareError> {
+pub(crate) fn share_with<S: Sys>(
+    sys: &S,
+    src: &Path,
+    dst: &Path,
+) -> Result<ShareReport, ShareError> {
     let link_err = match sys.link(src, dst) {
         Ok(()) => {
             return Ok(ShareReport {

@@ -88,10 +88,18 @@ impl TestFs {
         let mount = dir.path().join("mnt");
         fs::create_dir(&mount).unwrap_or_else(|e| panic!("testfs: mkdir {mount:?}: {e}"));
         // Built before the commands run, so a failed step still cleans up.
-        let mut fs = TestFs { kind, mount, mounted: false, loop_dev: None, dir };
+        let mut fs = TestFs {
+            kind,
+            mount,
+            mounted: false,
+            loop_dev: None,
+            dir,
+        };
         if kind == FsKind::Tmpfs {
             let opts = format!("size={bytes},mode=0755");
-            run(Command::new("mount").args(["-t", "tmpfs", "-o", &opts, "tmpfs"]).arg(&fs.mount));
+            run(Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &opts, "tmpfs"])
+                .arg(&fs.mount));
         } else {
             let image = fs.dir.path().join("image");
             File::create(&image)
@@ -148,7 +156,11 @@ impl Drop for TestFs {
 fn attach(image: &Path) -> PathBuf {
     let mut last = String::new();
     for attempt in 0..20 {
-        match output(Command::new("losetup").args(["--find", "--show"]).arg(image)) {
+        match output(
+            Command::new("losetup")
+                .args(["--find", "--show"])
+                .arg(image),
+        ) {
             Ok(stdout) => return PathBuf::from(stdout.trim()),
             Err(e) => last = e.to_string(),
         }
@@ -176,10 +188,16 @@ fn run(cmd: &mut Command) {
 
 /// Runs `cmd`; its stdout, or an error carrying the command and its stderr.
 fn output(cmd: &mut Command) -> io::Result<String> {
-    let out = cmd.output().map_err(|e| io::Error::new(e.kind(), format!("{cmd:?}: {e}")))?;
+    let out = cmd
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("{cmd:?}: {e}")))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(io::Error::other(format!("{cmd:?}: {}: {}", out.status, stderr.trim())));
+        return Err(io::Error::other(format!(
+            "{cmd:?}: {}: {}",
+            out.status,
+            stderr.trim()
+        )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -188,7 +206,9 @@ fn output(cmd: &mut Command) -> io::Result<String> {
 /// before their drops ran. Errors are ignored: a parallel sweeper may win.
 fn sweep_stale() {
     let base = std::env::temp_dir();
-    let Ok(entries) = fs::read_dir(&base) else { return };
+    let Ok(entries) = fs::read_dir(&base) else {
+        return;
+    };
     let dead: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .filter(|e| owner_is_dead(&e.file_name().to_string_lossy()))
@@ -200,7 +220,9 @@ fn sweep_stale() {
     let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     for line in mounts.lines() {
         let mut fields = line.split(' ');
-        let (Some(source), Some(target)) = (fields.next(), fields.next()) else { continue };
+        let (Some(source), Some(target)) = (fields.next(), fields.next()) else {
+            continue;
+        };
         if dead.iter().any(|d| Path::new(target).starts_with(d)) {
             let _ = output(Command::new("umount").arg("-l").arg(target));
             if source.starts_with("/dev/loop") {
@@ -208,11 +230,14 @@ fn sweep_stale() {
             }
         }
     }
-    let loops = output(Command::new("losetup").args(["--list", "--noheadings", "-O", "NAME,BACK-FILE"]))
-        .unwrap_or_default();
+    let loops =
+        output(Command::new("losetup").args(["--list", "--noheadings", "-O", "NAME,BACK-FILE"]))
+            .unwrap_or_default();
     for line in loops.lines() {
         let mut fields = line.split_whitespace();
-        let (Some(dev), Some(back)) = (fields.next(), fields.next()) else { continue };
+        let (Some(dev), Some(back)) = (fields.next(), fields.next()) else {
+            continue;
+        };
         if dead.iter().any(|d| Path::new(back).starts_with(d)) {
             let _ = output(Command::new("losetup").arg("-d").arg(dev));
         }
@@ -224,7 +249,9 @@ fn sweep_stale() {
 
 /// Whether `name` is a testfs dir whose creating process no longer exists.
 fn owner_is_dead(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix(PREFIX) else { return false };
+    let Some(rest) = name.strip_prefix(PREFIX) else {
+        return false;
+    };
     let pid = rest.split('-').next().and_then(|p| p.parse::<i32>().ok());
     match pid.and_then(rustix::process::Pid::from_raw) {
         Some(pid) => rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH),

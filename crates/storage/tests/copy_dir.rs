@@ -23,7 +23,10 @@ fn copy_reproduces_bytes_modes_and_symlinks(kind: FsKind) {
         .filter(|l| expected_copy_entries().contains(&l.split(' ').next().unwrap()))
         .collect();
     assert_eq!(copied, wanted);
-    assert_eq!(fs::metadata(&dst).unwrap().permissions(), fs::metadata(&src).unwrap().permissions());
+    assert_eq!(
+        fs::metadata(&dst).unwrap().permissions(),
+        fs::metadata(&src).unwrap().permissions()
+    );
 }
 
 fn copy_skips_special_files_temp_files_and_listed_paths(kind: FsKind) {
@@ -34,7 +37,11 @@ fn copy_skips_special_files_temp_files_and_listed_paths(kind: FsKind) {
     let report = copy_dir(&src, &dst, &CopyOptions::new().skip("memory").skip("disks")).unwrap();
 
     // Entries are visited in name order.
-    let reasons: Vec<_> = report.skipped_entries.iter().map(|s| (s.path.to_str().unwrap(), s.reason)).collect();
+    let reasons: Vec<_> = report
+        .skipped_entries
+        .iter()
+        .map(|s| (s.path.to_str().unwrap(), s.reason))
+        .collect();
     assert_eq!(
         reasons,
         [
@@ -48,7 +55,10 @@ fn copy_skips_special_files_temp_files_and_listed_paths(kind: FsKind) {
         ]
     );
     assert_eq!(report.skipped, 7);
-    assert_eq!(names(&dst), ["config.json", "dangling", "init.sh", "rootfs"]);
+    assert_eq!(
+        names(&dst),
+        ["config.json", "dangling", "init.sh", "rootfs"]
+    );
 }
 
 fn copy_keeps_sizes_and_holes(kind: FsKind) {
@@ -61,7 +71,11 @@ fn copy_keeps_sizes_and_holes(kind: FsKind) {
     let overlay = dst.join("disks/overlay.raw");
     assert_eq!(fs::metadata(&overlay).unwrap().len(), 64 * MIB);
     // 4 MiB of data in a 64 MiB file; allow metadata blocks, not the holes.
-    assert!(allocated_bytes(&overlay).unwrap() <= 5 * MIB, "{}", allocated_bytes(&overlay).unwrap());
+    assert!(
+        allocated_bytes(&overlay).unwrap() <= 5 * MIB,
+        "{}",
+        allocated_bytes(&overlay).unwrap()
+    );
     assert!(allocated_bytes(&dst.join("memory")).unwrap() <= 4 * MIB);
 }
 
@@ -74,7 +88,10 @@ fn copy_into_existing_dir_never_overwrites_a_file(kind: FsKind) {
 
     let err = copy_dir(&src, &dst, &CopyOptions::new()).unwrap_err();
 
-    assert!(matches!(&err, CopyError::Create { path, .. } if *path == dst.join("config.json")), "{err:?}");
+    assert!(
+        matches!(&err, CopyError::Create { path, .. } if *path == dst.join("config.json")),
+        "{err:?}"
+    );
     assert_eq!(fs::read(dst.join("config.json")).unwrap(), b"theirs");
 }
 
@@ -87,7 +104,10 @@ fn reflink_fs_clones_every_file_with_shared_extents(kind: FsKind) {
     let report = copy_dir(&src, &dst, &CopyOptions::new()).unwrap();
     fs.sync();
 
-    assert_eq!((report.reflinked, report.sparse_copied, report.bytes_copied), (TREE_FILES, 0, 0));
+    assert_eq!(
+        (report.reflinked, report.sparse_copied, report.bytes_copied),
+        (TREE_FILES, 0, 0)
+    );
     assert_eq!(report.fallback, None);
     let memory = fs::File::open(dst.join("memory")).unwrap();
     let overlay = fs::File::open(dst.join("disks/overlay.raw")).unwrap();
@@ -118,7 +138,10 @@ fn fallback_fs_sparse_copies_after_eopnotsupp(kind: FsKind) {
     assert_eq!((report.reflinked, report.sparse_copied), (0, TREE_FILES));
     assert_eq!(report.bytes_copied, TREE_DATA);
     // Files are visited in name order; "config.json" comes first.
-    assert_eq!(report.fallback.map(|f| (f.errno.name, f.path)), Some(("EOPNOTSUPP", src.join("config.json"))));
+    assert_eq!(
+        report.fallback.map(|f| (f.errno.name, f.path)),
+        Some(("EOPNOTSUPP", src.join("config.json")))
+    );
 }
 
 on_each_fs!(
@@ -127,7 +150,10 @@ on_each_fs!(
     copy_keeps_sizes_and_holes,
     copy_into_existing_dir_never_overwrites_a_file,
 );
-on_reflink_fs!(reflink_fs_clones_every_file_with_shared_extents, writing_the_reflinked_copy_leaves_the_source_intact);
+on_reflink_fs!(
+    reflink_fs_clones_every_file_with_shared_extents,
+    writing_the_reflinked_copy_leaves_the_source_intact
+);
 on_fallback_fs!(fallback_fs_sparse_copies_after_eopnotsupp);
 
 #[test]
@@ -139,7 +165,10 @@ fn copy_between_two_xfs_mounts_falls_back_with_exdev() {
     let report = copy_dir(&src, &b.path().join("dst"), &CopyOptions::new()).unwrap();
 
     assert_eq!(report.fallback.map(|f| f.errno.name), Some("EXDEV"));
-    assert_eq!(listing(&b.path().join("dst")).len(), expected_copy_entries().len());
+    assert_eq!(
+        listing(&b.path().join("dst")).len(),
+        expected_copy_entries().len()
+    );
 }
 
 #[test]
@@ -150,8 +179,14 @@ fn copy_file_reflinks_a_single_file_on_xfs() {
 
     let report = copy_file(&src.join("memory"), &fs.path().join("memory")).unwrap();
 
-    assert_eq!((report.method, report.size, report.bytes_copied), (CopyMethod::Reflink, 16 * MIB, 0));
-    assert_eq!(content_hash(&fs.path().join("memory")), content_hash(&src.join("memory")));
+    assert_eq!(
+        (report.method, report.size, report.bytes_copied),
+        (CopyMethod::Reflink, 16 * MIB, 0)
+    );
+    assert_eq!(
+        content_hash(&fs.path().join("memory")),
+        content_hash(&src.join("memory"))
+    );
 }
 
 #[test]
@@ -171,7 +206,12 @@ fn copy_dir_refuses_a_file_as_source() {
     let fs = TestFs::new(FsKind::Tmpfs);
     fs::write(fs.path().join("file"), b"x").unwrap();
 
-    let err = copy_dir(&fs.path().join("file"), &fs.path().join("dst"), &CopyOptions::new()).unwrap_err();
+    let err = copy_dir(
+        &fs.path().join("file"),
+        &fs.path().join("dst"),
+        &CopyOptions::new(),
+    )
+    .unwrap_err();
 
     assert!(matches!(err, CopyError::NotADirectory { .. }), "{err:?}");
     assert!(!fs.path().join("dst").exists());

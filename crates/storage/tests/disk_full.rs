@@ -11,7 +11,10 @@ const ENOSPC: i32 = 28;
 
 #[test]
 fn copy_file_onto_full_tmpfs_fails_with_enospc_and_leaves_no_file() {
-    let (big, small) = (TestFs::new(FsKind::Tmpfs), TestFs::with_size(FsKind::Tmpfs, 4 * MIB));
+    let (big, small) = (
+        TestFs::new(FsKind::Tmpfs),
+        TestFs::with_size(FsKind::Tmpfs, 4 * MIB),
+    );
     let src = big.path().join("memory");
     write_sparse(&src, 8 * MIB, &[(0, 8 * MIB)], 1).unwrap();
     let dst = small.path().join("memory");
@@ -24,7 +27,10 @@ fn copy_file_onto_full_tmpfs_fails_with_enospc_and_leaves_no_file() {
 
 #[test]
 fn copy_dir_onto_full_ext4_fails_with_enospc_and_removes_the_copy() {
-    let (big, small) = (TestFs::new(FsKind::Ext4), TestFs::with_size(FsKind::Ext4, 16 * MIB));
+    let (big, small) = (
+        TestFs::new(FsKind::Ext4),
+        TestFs::with_size(FsKind::Ext4, 16 * MIB),
+    );
     let src = big.path().join("guest");
     guest_tree(&src);
     write_sparse(&src.join("zz-large"), 32 * MIB, &[(0, 32 * MIB)], 3).unwrap();

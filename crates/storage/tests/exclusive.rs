@@ -14,7 +14,9 @@ use tine_storage::{ensure_exclusive, share, CopyMethod, UnshareAction, UnshareEr
 fn linked_memory(dir: &Path, links: usize) -> (PathBuf, Vec<PathBuf>) {
     let path = dir.join("memory");
     write_sparse(&path, 16 * MIB, &[(0, MIB), (8 * MIB, MIB)], 9).unwrap();
-    let others = (1..links).map(|i| dir.join(format!("fork-{i}"))).collect::<Vec<_>>();
+    let others = (1..links)
+        .map(|i| dir.join(format!("fork-{i}")))
+        .collect::<Vec<_>>();
     for other in &others {
         share(&path, other).unwrap();
     }
@@ -41,7 +43,14 @@ fn two_links_are_split_and_the_other_keeps_old_inode_and_bytes(kind: FsKind) {
     scribble(&path);
 
     assert!(unshare.unshared());
-    assert_eq!((inode(&others[0]), nlink(&others[0]), content_hash(&others[0])), (old_ino, 1, old_hash));
+    assert_eq!(
+        (
+            inode(&others[0]),
+            nlink(&others[0]),
+            content_hash(&others[0])
+        ),
+        (old_ino, 1, old_hash)
+    );
     assert_ne!(inode(&path), old_ino);
     assert_eq!(nlink(&path), 1);
 }
@@ -54,9 +63,18 @@ fn three_links_are_split_and_the_others_keep_old_inode_and_bytes(kind: FsKind) {
     let unshare = ensure_exclusive(&path).unwrap();
     scribble(&path);
 
-    let seen: Vec<_> = others.iter().map(|o| (inode(o), nlink(o), content_hash(o))).collect();
+    let seen: Vec<_> = others
+        .iter()
+        .map(|o| (inode(o), nlink(o), content_hash(o)))
+        .collect();
     assert_eq!(seen, [(old_ino, 2, old_hash), (old_ino, 2, old_hash)]);
-    assert!(matches!(unshare.action, UnshareAction::Unshared { links_before: 3, .. }));
+    assert!(matches!(
+        unshare.action,
+        UnshareAction::Unshared {
+            links_before: 3,
+            ..
+        }
+    ));
     assert_eq!(nlink(&path), 1);
 }
 
@@ -68,7 +86,10 @@ fn private_copy_keeps_bytes_mode_and_holes(kind: FsKind) {
     ensure_exclusive(&path).unwrap();
 
     assert_eq!(content_hash(&path), content_hash(&others[0]));
-    assert_eq!(fs::metadata(&path).unwrap().permissions(), fs::metadata(&others[0]).unwrap().permissions());
+    assert_eq!(
+        fs::metadata(&path).unwrap().permissions(),
+        fs::metadata(&others[0]).unwrap().permissions()
+    );
     assert_eq!(fs::metadata(&path).unwrap().len(), 16 * MIB);
     assert!(allocated_bytes(&path).unwrap() <= 3 * MIB);
 }
@@ -101,7 +122,12 @@ fn reflink_fs_unshares_by_reflink(kind: FsKind) {
 
     assert_eq!(
         unshare.action,
-        UnshareAction::Unshared { method: CopyMethod::Reflink, links_before: 2, bytes_copied: 0, fallback: None }
+        UnshareAction::Unshared {
+            method: CopyMethod::Reflink,
+            links_before: 2,
+            bytes_copied: 0,
+            fallback: None
+        }
     );
 }
 
@@ -111,7 +137,13 @@ fn fallback_fs_unshares_by_sparse_copy(kind: FsKind) {
 
     let unshare = ensure_exclusive(&path).unwrap();
 
-    let UnshareAction::Unshared { method, bytes_copied, fallback, .. } = unshare.action else {
+    let UnshareAction::Unshared {
+        method,
+        bytes_copied,
+        fallback,
+        ..
+    } = unshare.action
+    else {
         panic!("not unshared: {unshare:?}");
     };
     assert_eq!((method, bytes_copied), (CopyMethod::Sparse, 2 * MIB));

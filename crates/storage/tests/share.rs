@@ -17,7 +17,10 @@ fn share_on_one_filesystem_hardlinks_the_same_inode(kind: FsKind) {
 
     let report = share(&src, &dst).unwrap();
 
-    assert_eq!((report.method, report.link_errno, report.bytes_copied), (ShareMethod::Hardlink, None, 0));
+    assert_eq!(
+        (report.method, report.link_errno, report.bytes_copied),
+        (ShareMethod::Hardlink, None, 0)
+    );
     assert_eq!((inode(&dst), nlink(&src)), (inode(&src), 2));
 }
 
@@ -34,7 +37,10 @@ fn share_across_filesystems_copies_and_reports_exdev() {
 
     assert_eq!(report.method, ShareMethod::Copy(CopyMethod::Sparse));
     assert_eq!(report.link_errno.map(|e| e.name), Some("EXDEV"));
-    assert_eq!((report.bytes_copied, content_hash(&dst)), (2 * MIB, content_hash(&src)));
+    assert_eq!(
+        (report.bytes_copied, content_hash(&dst)),
+        (2 * MIB, content_hash(&src))
+    );
 }
 
 #[test]

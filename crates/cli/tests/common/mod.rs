@@ -28,16 +28,23 @@ pub fn images_dir() -> PathBuf {
 
 pub struct Daemon {
     child: Option<Child>,
+    env: Vec<(String, String)>,
     pub data_dir: PathBuf,
     _tmp: tempfile::TempDir,
 }
 
 impl Daemon {
     pub fn start() -> Daemon {
+        Daemon::start_with_env(&[])
+    }
+
+    /// A daemon with extra environment, e.g. `TINE_FAILPOINTS`.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Daemon {
         // Short base path: QEMU's sockets live under it and sun_path is 108 bytes.
         let tmp = tempfile::Builder::new().prefix("tine-t").tempdir_in("/tmp").unwrap();
         let data_dir = tmp.path().to_path_buf();
-        let mut d = Daemon { child: None, data_dir, _tmp: tmp };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut d = Daemon { child: None, env, data_dir, _tmp: tmp };
         d.spawn();
         d
     }
@@ -54,6 +61,7 @@ impl Daemon {
             .arg("--images-dir")
             .arg(images_dir())
             .env("TINE_LOG", "info,tine_manager=debug")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -64,6 +72,20 @@ impl Daemon {
         while !self.tine(&["ps"]).status.success() {
             assert!(Instant::now() < deadline, "daemon did not come up:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM the daemon (VMs keep running) and start a new one on the same
+    /// data, with the given environment from now on.
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.restart();
+    }
+
+    /// Wait for the daemon process to exit by itself (e.g. a crash failpoint).
+    pub fn wait_daemon_exit(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.wait().unwrap();
         }
     }
 
@@ -215,4 +237,35 @@ pub fn inode(path: &Path) -> (u64, u64) {
 
 pub fn dir_of(d: &Daemon, name: &str) -> PathBuf {
     PathBuf::from(d.inspect(name)["dir"].as_str().unwrap())
+}
+
+/// Names of the instances the daemon reports.
+pub fn names(d: &Daemon) -> Vec<String> {
+    let mut v: Vec<String> =
+        d.json(&["ps"]).as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap().to_string()).collect();
+    v.sort();
+    v
+}
+
+/// Instance directories on disk.
+pub fn instance_dirs(d: &Daemon) -> usize {
+    std::fs::read_dir(d.data_dir.join("instances")).map(|it| it.count()).unwrap_or(0)
+}
+
+/// QEMU processes whose command line mentions this daemon's data dir.
+pub fn qemu_processes(d: &Daemon) -> usize {
+    let needle = d.data_dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| String::from_utf8_lossy(c).contains(&needle) && String::from_utf8_lossy(c).contains("qemu"))
+        .count()
+}
+
+pub fn assert_failpoints() {
+    assert!(
+        tine_manager::failpoint::enabled(),
+        "this test needs the failpoints feature: run scripts/test.sh (cargo ... --features tine-cli/failpoints)"
+    );
 }

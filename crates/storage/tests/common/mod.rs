@@ -64,7 +64,13 @@ const SCRIPT: &[u8] = b"#!/bin/sh\nexit 0\n";
 /// must skip (temp files, a FIFO, a socket, a device node).
 pub fn guest_tree(root: &Path) {
     fs::create_dir(root).unwrap();
-    write_sparse(&root.join("memory"), 16 * MIB, &[(0, MIB), (8 * MIB, 2 * MIB)], 1).unwrap();
+    write_sparse(
+        &root.join("memory"),
+        16 * MIB,
+        &[(0, MIB), (8 * MIB, 2 * MIB)],
+        1,
+    )
+    .unwrap();
     fs::create_dir(root.join("disks")).unwrap();
     let regions = [(0, MIB), (20 * MIB, MIB), (40 * MIB, 2 * MIB)];
     write_sparse(&root.join("disks/overlay.raw"), 64 * MIB, &regions, 2).unwrap();
@@ -99,7 +105,15 @@ pub fn guest_tree(root: &Path) {
 
 /// What a correct copy of `guest_tree` contains.
 pub fn expected_copy_entries() -> Vec<&'static str> {
-    vec!["config.json", "dangling", "disks", "disks/overlay.raw", "init.sh", "memory", "rootfs"]
+    vec![
+        "config.json",
+        "dangling",
+        "disks",
+        "disks/overlay.raw",
+        "init.sh",
+        "memory",
+        "rootfs",
+    ]
 }
 
 /// One line per entry below `root`: relative path, file type, mode, size
@@ -126,14 +140,21 @@ fn walk(root: &Path, rel: &Path, out: &mut Vec<String>) {
         } else {
             format!("special {:o}", meta.mode() & 0o170000)
         };
-        let mode = if meta.file_type().is_symlink() { 0 } else { meta.mode() & 0o7777 };
+        let mode = if meta.file_type().is_symlink() {
+            0
+        } else {
+            meta.mode() & 0o7777
+        };
         out.push(format!("{} {:o} {what}", rel.display(), mode));
     }
 }
 
 /// Relative paths of all entries below `root`, sorted.
 pub fn names(root: &Path) -> Vec<String> {
-    listing(root).iter().map(|l| l.split(' ').next().unwrap().to_string()).collect()
+    listing(root)
+        .iter()
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect()
 }
 
 pub fn content_hash(path: &Path) -> u64 {

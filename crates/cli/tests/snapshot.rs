@@ -1,0 +1,141 @@
+//! Snapshots and templates with real guests.
+
+mod common;
+
+use common::{dir_of, inode, sha256, Daemon};
+
+fn snap_json(d: &Daemon, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["snapshot"];
+    a.extend_from_slice(args);
+    d.json(&a)
+}
+
+#[test]
+fn snapshot_survives_its_source_and_restores_into_a_new_instance() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "orig"]);
+    d.sh("orig", "echo in-memory > /run/m; echo on-disk > /root/d; sync");
+    snap_json(&d, &["create", "orig", "--name", "s"]);
+
+    d.ok(&["rm", "-f", "orig"]);
+    d.ok(&["snapshot", "restore", "s", "--into", "back"]);
+    assert_eq!(d.state("back"), "standby");
+    d.ok(&["start", "back"]);
+
+    assert_eq!(d.sh("back", "cat /run/m /root/d"), "in-memory\non-disk\n");
+}
+
+#[test]
+fn snapshot_of_a_running_instance_pauses_it_briefly_and_it_keeps_running() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "busy"]);
+    d.sh("busy", "echo before > /run/m");
+
+    snap_json(&d, &["create", "busy", "--name", "live"]);
+    d.sh("busy", "echo after > /run/m");
+
+    assert_eq!(d.state("busy"), "running");
+    d.ok(&["fork", "--snapshot", "live", "--name", "lf"]);
+    assert_eq!(d.sh("lf", "cat /run/m"), "before\n");
+    assert_eq!(d.sh("busy", "cat /run/m"), "after\n");
+}
+
+#[test]
+fn compressed_snapshot_round_trips_and_forks_from_a_compressed_only_file() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "z"]);
+    d.sh("z", "echo zdata > /run/m");
+    d.ok(&["standby", "z"]);
+
+    snap_json(&d, &["create", "z", "--name", "zs", "--compress", "zstd:3"]);
+    let info = snap_json(&d, &["inspect", "zs", "--wait"]);
+
+    assert_eq!(info["compression"]["state"], "compressed");
+    assert!(info["compression"]["compressed_bytes"].as_u64().unwrap() < info["compression"]["raw_bytes"].as_u64().unwrap());
+    let dir = std::path::PathBuf::from(info["dir"].as_str().unwrap());
+    assert!(!dir.join("memory").exists(), "only the compressed file is kept");
+    d.ok(&["fork", "--snapshot", "zs", "--name", "zf"]);
+    assert_eq!(d.sh("zf", "cat /run/m"), "zdata\n");
+    assert!(dir.join("memory").exists(), "decompressed into a real file for the fork");
+}
+
+#[test]
+fn restore_during_compression_cancels_it_and_uses_the_raw_file() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "c", "--memory", "1G"]);
+    d.sh("c", "dd if=/dev/urandom of=/run/big bs=1M count=200 2>/dev/null; echo ok > /run/m");
+    d.ok(&["standby", "c"]);
+
+    snap_json(&d, &["create", "c", "--name", "cs", "--compress", "zstd:19"]);
+    d.ok(&["snapshot", "restore", "cs", "--into", "cr"]);
+    d.ok(&["start", "cr"]);
+
+    assert_eq!(d.sh("cr", "cat /run/m"), "ok\n");
+    let info = snap_json(&d, &["inspect", "cs", "--wait"]);
+    assert_eq!(info["compression"]["state"], "none", "the compression was cancelled");
+}
+
+#[test]
+fn snapshot_files_are_never_written_by_restores_of_its_source() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "w"]);
+    d.ok(&["standby", "w"]);
+    let info = snap_json(&d, &["create", "w", "--name", "ws"]);
+    let snap_mem = std::path::PathBuf::from(info["dir"].as_str().unwrap()).join("memory");
+    let (ino, _) = inode(&snap_mem);
+    let sha = sha256(&snap_mem);
+
+    d.ok(&["restore", "w"]);
+    d.sh("w", "dd if=/dev/urandom of=/run/x bs=1M count=8 2>/dev/null");
+
+    assert_ne!(inode(&dir_of(&d, "w").join("memory")).0, ino, "the source got a private copy");
+    assert_eq!(inode(&snap_mem).0, ino);
+    assert_eq!(sha256(&snap_mem), sha);
+}
+
+#[test]
+fn template_counts_forks_refuses_removal_while_they_live_then_allows_it() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "tpl"]);
+    d.sh("tpl", "echo template > /run/t");
+    d.ok(&["standby", "tpl"]);
+
+    d.ok(&["template", "promote", "tpl"]);
+    assert!(d.tine(&["inspect", "tpl"]).status.code() != Some(0), "the instance became the template");
+    let report = d.json(&["fork", "--template", "tpl", "--name", "t", "--count", "5"]);
+    assert_eq!(report["ok"], 5);
+    assert_eq!(d.json(&["template", "inspect", "tpl"])["forks"], 5);
+    assert_eq!(d.sh("t-3", "cat /run/t"), "template\n");
+
+    let err = d.fails(&["template", "rm", "tpl"]);
+    assert!(err.contains("5 live forks"), "{err}");
+
+    d.ok(&["rm", "-f", "t-1", "t-2", "t-3", "t-4"]);
+    assert_eq!(d.json(&["template", "inspect", "tpl"])["forks"], 1);
+    d.ok(&["rm", "-f", "t-5"]);
+    d.ok(&["template", "rm", "tpl"]);
+    assert_eq!(d.json(&["template", "ls"]).as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn bad_snapshot_requests_are_refused() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "b"]);
+    snap_json(&d, &["create", "b", "--name", "dup"]);
+
+    let cases: &[(&[&str], &str)] = &[
+        (&["snapshot", "create", "b", "--name", "dup"], "already exists"),
+        (&["snapshot", "create", "b", "--name", "../x"], "invalid name"),
+        (&["snapshot", "create", "nope", "--name", "x"], "no instance named"),
+        (&["snapshot", "create", "b", "--name", "x", "--compress", "zstd:99"], "out of range"),
+        (&["snapshot", "create", "b", "--name", "x", "--compress", "gzip"], "unknown compression"),
+        (&["snapshot", "rm", "missing"], "snapshot missing"),
+        (&["fork", "--snapshot", "missing", "--name", "x"], "snapshot missing"),
+        (&["template", "promote", "b"], "only a standby instance"),
+    ];
+    for (args, want) in cases {
+        let err = d.fails(args);
+        assert!(err.contains(want), "tine {args:?}: expected {want:?} in {err:?}");
+    }
+    assert_eq!(d.json(&["snapshot", "ls"]).as_array().unwrap().len(), 1);
+}
