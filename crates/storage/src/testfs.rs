@@ -8,6 +8,22 @@
 //! device and mount, so tests in parallel processes (nextest) do not meet.
 //! A process killed before its drops ran leaves mounts behind; the next
 //! `TestFs` of any process sweeps those whose owner pid is gone.
+//!
+//! From another crate:
+//!
+//! ```toml
+//! [dev-dependencies]
+//! tine-storage = { workspace = true, features = ["testfs"] }
+//! ```
+//!
+//! ```no_run
+//! use tine_storage::testfs::{FsKind, TestFs};
+//!
+//! let fs = TestFs::new(FsKind::Xfs); // reflink-capable, 512 MiB
+//! let full = TestFs::with_size(FsKind::Ext4, 8 << 20); // disk-full tests
+//! std::fs::write(fs.path().join("memory"), b"...").unwrap();
+//! // both unmounted and deleted when dropped
+//! ```
 
 use std::fs::{self, File};
 use std::io;
