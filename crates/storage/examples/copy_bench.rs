@@ -10,8 +10,8 @@
 //! copy starts cold with a clean filesystem (cp's own binary is then reloaded
 //! by a `cp --version`, so the cold cache is about data only). "copy" is the
 //! call (tine) or the process (cp, spawn included); "+sync" adds the syncfs
-//! that makes it durable. Each figure is the median of `--reps` runs (5), the
-//! two tools alternating which goes first.
+//! that makes it durable. Figures are "median / min" in ms over `--reps` runs
+//! (5), the two tools alternating which goes first.
 
 use std::fs;
 use std::path::Path;
@@ -92,13 +92,26 @@ fn time_cp(fs: &TestFs, src: &Path, dst: &Path) -> (Duration, Duration) {
     timed(fs, dst, || run_cp(src, dst))
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
+/// "median / min" in ms.
+fn stats(mut v: Vec<Duration>) -> String {
     v.sort();
-    v[v.len() / 2]
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    format!("{:.1} / {:.1}", ms(v[v.len() / 2]), ms(v[0]))
 }
 
-fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1e3)
+/// Median cost of spawning cp at all (warm), to read cp's figures against.
+fn spawn_cost(reps: usize) -> String {
+    let runs = (0..reps.max(5))
+        .map(|_| {
+            let start = Instant::now();
+            Command::new("cp")
+                .arg("--version")
+                .output()
+                .expect("spawn cp");
+            start.elapsed()
+        })
+        .collect();
+    stats(runs)
 }
 
 fn main() {
@@ -120,7 +133,12 @@ fn main() {
         })
         .collect();
 
-    println!("| fs | memory file | data MiB | tine copy ms | cp copy ms | tine +sync ms | cp +sync ms | tine method |");
+    println!(
+        "cp spawn alone (cp --version, warm), ms median / min: {}",
+        spawn_cost(reps)
+    );
+    println!();
+    println!("| fs | memory file | data MiB | tine copy | cp copy | tine copy+sync | cp copy+sync | tine method |");
     println!("|---|---|---:|---:|---:|---:|---:|---|");
     for kind in kinds {
         let fs = TestFs::with_size(kind, 16 << 30);
@@ -155,10 +173,10 @@ fn main() {
                 kind.name(),
                 memory_mib,
                 (memory_mib * MIB + OVERLAY_DATA) / MIB,
-                ms(median(tine.iter().map(|t| t.0).collect())),
-                ms(median(cp.iter().map(|t| t.0).collect())),
-                ms(median(tine.iter().map(|t| t.1).collect())),
-                ms(median(cp.iter().map(|t| t.1).collect())),
+                stats(tine.iter().map(|t| t.0).collect()),
+                stats(cp.iter().map(|t| t.0).collect()),
+                stats(tine.iter().map(|t| t.1).collect()),
+                stats(cp.iter().map(|t| t.1).collect()),
                 method,
             );
             for dir in [&dst_tine, &dst_cp, &src] {

@@ -128,6 +128,17 @@ pub(crate) fn copy_dir_with<S: Sys>(
             path: src.to_path_buf(),
         });
     }
+    // A destination inside the source would be walked into itself. An
+    // existing destination is resolved itself (it may be a symlink).
+    let inside = fs::canonicalize(src).map_err(CopyError::read(src))?;
+    let target = fs::canonicalize(dst)
+        .or_else(|_| fs::canonicalize(crate::atomic::parent(dst)))
+        .map_err(CopyError::create_dir(dst))?;
+    if target.starts_with(&inside) {
+        return Err(CopyError::DestinationInsideSource {
+            path: dst.to_path_buf(),
+        });
+    }
     let created = create_private_dir(dst)?;
     let mut walk = Walk {
         engine: Engine::new(sys, opts.fsync),

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 pub enum CopyError {
     #[error("source {path} is not a directory")]
     NotADirectory { path: PathBuf },
+    #[error("destination {path} is inside the source")]
+    DestinationInsideSource { path: PathBuf },
     #[error("{path} is not a regular file")]
     NotAFile { path: PathBuf },
     #[error("cannot read {path}")]
@@ -74,7 +76,9 @@ impl CopyError {
     /// The underlying I/O error, if any (for errno checks by callers).
     pub fn io(&self) -> Option<&io::Error> {
         match self {
-            Self::NotADirectory { .. } | Self::NotAFile { .. } => None,
+            Self::NotADirectory { .. }
+            | Self::DestinationInsideSource { .. }
+            | Self::NotAFile { .. } => None,
             Self::Read { source, .. }
             | Self::ReadDir { source, .. }
             | Self::Create { source, .. }

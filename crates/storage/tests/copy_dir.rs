@@ -218,6 +218,21 @@ fn copy_dir_refuses_a_file_as_source() {
 }
 
 #[test]
+fn copy_dir_refuses_a_destination_inside_the_source() {
+    let fs = TestFs::new(FsKind::Tmpfs);
+    let src = fs.path().join("src");
+    guest_tree(&src);
+
+    let err = copy_dir(&src, &src.join("disks/fork"), &CopyOptions::new()).unwrap_err();
+
+    assert!(
+        matches!(err, CopyError::DestinationInsideSource { .. }),
+        "{err:?}"
+    );
+    assert!(!src.join("disks/fork").exists());
+}
+
+#[test]
 fn copy_report_serializes_to_json() {
     let fs = TestFs::new(FsKind::Ext4);
     let src = fs.path().join("src");
