@@ -193,6 +193,21 @@ mod tests {
     }
 
     #[test]
+    fn configure_network_has_flat_wire_form_and_optional_fields() {
+        let line = br#"{"id":4,"op":"configure_network","mac":"02:74:0a:d1:00:02","address":"10.209.0.2/16"}"#;
+
+        let req = parse_request(line).unwrap();
+
+        let want = crate::NetworkConfig {
+            mac: "02:74:0a:d1:00:02".into(),
+            address: "10.209.0.2/16".into(),
+            ..Default::default()
+        };
+        assert_eq!(req.op, Op::ConfigureNetwork(want));
+        assert_eq!(encode(&req).trim_ascii_end(), &line[..]);
+    }
+
+    #[test]
     fn responses_round_trip_including_null_id() {
         for resp in [
             Response {

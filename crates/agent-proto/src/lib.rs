@@ -32,6 +32,7 @@
 //! | `read_file`     | `file`                                              |
 //! | `write_file`    | `ok`                                                |
 //! | `sync`          | `ok`                                                |
+//! | `configure_network` | `ok`                                            |
 //! | `shutdown`      | `ok`, then the guest powers off                     |
 //!
 //! Any request may instead get one `error` frame. Example session:
@@ -53,7 +54,7 @@ mod msg;
 pub mod client;
 
 pub use frame::{encode, parse_request, LineSplitter, Oversized, ParseError};
-pub use msg::{ErrorCode, ExecRequest, ExitStatus, Op, Pong, Reply, Request, Response};
+pub use msg::{ErrorCode, ExecRequest, ExitStatus, NetworkConfig, Op, Pong, Reply, Request, Response};
 
 #[cfg(feature = "client")]
 pub use client::{AgentClient, AgentError, ExecEvent, ExecOutput, ExecStream};

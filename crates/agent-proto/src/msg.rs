@@ -49,6 +49,10 @@ pub enum Op {
     },
     /// Flush all filesystems (before a snapshot).
     Sync,
+    /// Give a network interface its identity: MAC, one IPv4 address (replacing the one it
+    /// had), default route, DNS servers. Idempotent; used after boot and after a fork
+    /// resumes with its source's identity.
+    ConfigureNetwork(NetworkConfig),
     /// Sync, answer `ok`, then power off.
     Shutdown,
 }
@@ -84,6 +88,24 @@ impl ExecRequest {
             ..Default::default()
         }
     }
+}
+
+/// The network identity `configure_network` applies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    /// Interface name in the guest; the agent's default is `eth0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// `aa:bb:cc:dd:ee:ff`, unicast.
+    pub mac: String,
+    /// IPv4 address with prefix length, `10.209.0.2/16`.
+    pub address: String,
+    /// Default gateway (IPv4), inside `address`'s subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// Name servers written to `/etc/resolv.conf` (left alone when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
 }
 
 /// A reply or event from the agent. `id` is `null` only for errors about a line whose id

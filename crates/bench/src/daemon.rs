@@ -2,6 +2,7 @@
 //! benchmark makes through its API (the same client the CLI uses).
 
 use std::path::{Path, PathBuf};
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,8 +13,6 @@ use crate::cleanup;
 
 pub struct Daemon {
     child: Child,
-    pub data_dir: PathBuf,
-    pub fork_memory: String,
     pub client: Client,
     pub log: PathBuf,
 }
@@ -56,7 +55,7 @@ impl Daemon {
         let child = cmd.spawn().with_context(|| format!("start {}", o.tine.display()))?;
         cleanup::add_daemon(child.id());
         let client = Client::new(Endpoint::Unix(data_dir.join("tine.sock")));
-        let mut d = Daemon { child, data_dir: data_dir.to_path_buf(), fork_memory: fork_memory.into(), client, log };
+        let mut d = Daemon { child, client, log };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if d.client.health().await.is_ok() {

@@ -87,23 +87,6 @@ impl Mounted {
         Ok(m)
     }
 
-    /// Use an existing directory (its filesystem must be `kind`).
-    pub fn existing(kind: FsKind, dir: &Path) -> Result<Mounted> {
-        std::fs::create_dir_all(dir)?;
-        let fstype = run(Command::new("stat").args(["-f", "-c", "%T"]).arg(dir))?;
-        let want = match kind {
-            FsKind::Ext4 => "ext2/ext3",
-            FsKind::Xfs => "xfs",
-        };
-        if fstype.trim() != want {
-            bail!("{} is on {}, not {}", dir.display(), fstype.trim(), kind.name());
-        }
-        Ok(Mounted {
-            info: MountInfo { kind, path: dir.to_path_buf(), loop_device: None, direct_io: false, size_bytes: 0 },
-            image: None,
-        })
-    }
-
     pub fn path(&self) -> &Path {
         &self.info.path
     }

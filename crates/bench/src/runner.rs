@@ -169,12 +169,13 @@ impl<'a> FsRun<'a> {
             Ok(())
         }
         .await;
+        let mut result = None;
         if r.is_ok() {
             self.settle().await;
             let per: Vec<procmem::MemReport> = pids.iter().map(|p| procmem::measure(&[*p])).collect();
             let all = procmem::measure(&pids);
             let g = |f: fn(&procmem::MemReport) -> f64| per.iter().map(f).collect::<Vec<f64>>();
-            self.res.boot = Some(BootResult {
+            result = Some(BootResult {
                 n: run_ms.len(),
                 run_ms: summ(&run_ms).context("no boots")?,
                 daemon_boot_ms: summ(&daemon_ms),
@@ -185,6 +186,7 @@ impl<'a> FsRun<'a> {
             });
         }
         d.remove(&names).await?;
+        self.res.boot = result;
         r
     }
 

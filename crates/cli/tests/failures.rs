@@ -79,3 +79,88 @@ fn a_daemon_killed_after_the_fork_started_its_vm_cleans_it_up_after_restart() {
     assert_eq!(instance_dirs(&d), 1);
     assert_eq!(qemu_processes(&d), 0, "the half-made fork's VM was killed");
 }
+
+/// Kill the daemon at `point` during a standby; after a restart the
+/// instance is in `want` (the old or the new state) and consistent.
+fn standby_crash(point: &str, want: &str) {
+    assert_failpoints();
+    let mut d = Daemon::start();
+    d.ok(&["run", "--name", "v"]);
+    let pid = common::start_counter(&d, "v");
+    d.restart_with_env(&[("TINE_FAILPOINTS", &format!("{point}=crash:v"))]);
+
+    let _ = d.tine(&["standby", "v"]);
+    d.wait_daemon_exit();
+    d.restart_with_env(&[]);
+
+    assert_eq!(d.state("v"), want, "{point}");
+    if want == "standby" {
+        d.ok(&["restore", "v"]);
+    }
+    let before = common::counter(&d, "v");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(common::counter(&d, "v") > before, "the guest runs on after {point}");
+    assert_eq!(d.sh("v", "cat /run/counter.pid").trim(), pid);
+    assert_eq!(qemu_processes(&d), 1);
+}
+
+#[test]
+fn daemon_killed_after_the_state_save_leaves_the_vm_running() {
+    standby_crash("standby-saved", "running");
+}
+
+#[test]
+fn daemon_killed_after_the_state_is_durable_leaves_the_vm_running() {
+    standby_crash("standby-renamed", "running");
+}
+
+#[test]
+fn daemon_killed_after_qemu_stopped_completes_the_standby() {
+    standby_crash("standby-stopped", "standby");
+}
+
+#[test]
+fn daemon_killed_mid_snapshot_leaves_no_snapshot_and_a_running_source() {
+    assert_failpoints();
+    let mut d = Daemon::start();
+    d.ok(&["run", "--name", "src"]);
+    d.restart_with_env(&[("TINE_FAILPOINTS", "snapshot-captured=crash:snap")]);
+
+    let _ = d.tine(&["snapshot", "create", "src", "--name", "snap"]);
+    d.wait_daemon_exit();
+    d.restart_with_env(&[]);
+
+    assert_eq!(d.json(&["snapshot", "ls"]).as_array().unwrap().len(), 0);
+    let leftovers = std::fs::read_dir(d.data_dir.join("snapshots")).unwrap().count();
+    assert_eq!(leftovers, 0, "the half-made snapshot directory was swept");
+    assert_eq!(d.state("src"), "running");
+    assert_eq!(d.sh("src", "echo alive"), "alive\n");
+    d.ok(&["snapshot", "create", "src", "--name", "snap"]);
+}
+
+#[test]
+fn corrupt_device_state_or_truncated_memory_is_refused_and_nothing_is_lost() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "c"]);
+    d.sh("c", "echo keep > /run/k");
+    d.ok(&["standby", "c"]);
+    let dir = common::dir_of(&d, "c");
+    let state = std::fs::read(dir.join("vmstate")).unwrap();
+    let mut bad = state.clone();
+    bad[state.len() / 2] ^= 0xff;
+    std::fs::write(dir.join("vmstate"), &bad).unwrap();
+
+    let err = d.fails(&["restore", "c"]);
+    assert!(err.contains("corrupt or truncated"), "{err}");
+    assert_eq!(d.state("c"), "standby");
+    let err = d.fails(&["fork", "c", "--name", "cf"]);
+    assert!(err.contains("corrupt or truncated"), "{err}");
+
+    std::fs::write(dir.join("vmstate"), &state).unwrap();
+    let mem = std::fs::OpenOptions::new().write(true).open(dir.join("memory")).unwrap();
+    let len = mem.metadata().unwrap().len();
+    mem.set_len(len / 2).unwrap();
+    let err = d.fails(&["restore", "c"]);
+    assert!(err.contains("truncated"), "{err}");
+    assert_eq!(d.state("c"), "standby");
+}

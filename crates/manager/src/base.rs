@@ -138,6 +138,9 @@ impl Manager {
         let _r = snap.op.clone().read_owned().await;
         snap.ensure_raw_memory().await?;
         let srec = snap.record();
+        if srec.kind == SnapshotKind::Standby {
+            crate::integrity::verify_state(&snap.dir.join(STATE_FILE), srec.state_digest)?;
+        }
         let slot = self.slot(into)?;
         let _g = slot.op.lock().await;
         let rec = slot.record();
@@ -182,6 +185,7 @@ impl Manager {
             r.vcpus = srec.vcpus;
             r.memory = MemoryMapping::Private;
             r.ram_in_state = srec.ram_in_state;
+            r.state_digest = srec.state_digest;
             r.parent = Some(srec.name.clone());
         })?;
         Ok(slot.info())

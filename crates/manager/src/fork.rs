@@ -114,6 +114,7 @@ pub(crate) struct Base {
     has_state: bool,
     ram_in_state: bool,
     template: Option<String>,
+    state_digest: Option<crate::integrity::StateDigest>,
     /// A staging directory to delete when done (fork from running).
     staging: Option<PathBuf>,
     /// Keeps a snapshot/template from being removed while forks are made.
@@ -132,9 +133,25 @@ impl Base {
             has_state: true,
             ram_in_state: r.ram_in_state,
             template: None,
+            state_digest: r.state_digest,
             staging,
             _hold: None,
         }
+    }
+}
+
+impl Base {
+    /// Refuse a corrupt or truncated base before any fork loads it.
+    fn verify(&self) -> Result<(), ManagerError> {
+        if !self.has_state {
+            return Ok(());
+        }
+        crate::integrity::verify_state(&self.dir.join(STATE_FILE), self.state_digest)?;
+        let memory = self.dir.join(MEMORY_FILE);
+        if memory.exists() {
+            crate::integrity::verify_memory(&memory, self.memory_mib)?;
+        }
+        Ok(())
     }
 }
 
@@ -218,15 +235,25 @@ impl Manager {
                     has_state: r.kind == SnapshotKind::Standby,
                     ram_in_state: r.ram_in_state,
                     template: template.then_some(r.id),
+                    state_digest: r.state_digest,
                     staging: None,
                     _hold: Some(hold),
                 };
+                base.verify()?;
                 Ok((base, None))
             }
         }
     }
 
     async fn instance_base(self: &Arc<Self>, req: &ForkRequest) -> Result<(Base, Option<f64>), ManagerError> {
+        let (base, pause) = self.instance_base_unchecked(req).await?;
+        if base.staging.is_none() {
+            base.verify()?;
+        }
+        Ok((base, pause))
+    }
+
+    async fn instance_base_unchecked(self: &Arc<Self>, req: &ForkRequest) -> Result<(Base, Option<f64>), ManagerError> {
         let slot = self.slot(&req.source)?;
         let _g = slot.op.lock().await;
         let rec = slot.record();
@@ -291,6 +318,8 @@ impl Manager {
             ram_in_state: base.ram_in_state,
             parent: Some(base.label.clone()),
             template: base.template.clone(),
+            pending_standby: false,
+            state_digest: base.state_digest,
         };
         let slot = match self.reserve(record) {
             Ok(s) => s,

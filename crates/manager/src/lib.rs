@@ -11,6 +11,7 @@
 mod agent;
 mod base;
 mod compress;
+pub mod integrity;
 pub mod failpoint;
 pub mod error;
 pub mod fork;

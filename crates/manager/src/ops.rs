@@ -53,6 +53,8 @@ impl Manager {
             ram_in_state: false,
             parent: None,
             template: None,
+            pending_standby: false,
+            state_digest: None,
         };
         let slot = self.reserve(record)?;
         let guard = slot.op.lock().await;

@@ -46,6 +46,12 @@ pub struct InstanceRecord {
     /// Id of the template this fork shares memory with (its fork count).
     #[serde(default)]
     pub template: Option<String>,
+    /// Set while a standby is under way (an intent record for recovery).
+    #[serde(default)]
+    pub pending_standby: bool,
+    /// Digest of the parked device state, checked before it is loaded.
+    #[serde(default)]
+    pub state_digest: Option<crate::integrity::StateDigest>,
 }
 
 fn shared() -> MemoryMapping {
@@ -125,6 +131,8 @@ mod tests {
             ram_in_state: true,
             parent: Some("src".into()),
             template: Some("0123456789ab".into()),
+            pending_standby: false,
+            state_digest: Some(crate::integrity::StateDigest { bytes: 3, crc32: 9 }),
         }
     }
 

@@ -56,6 +56,11 @@ pub(crate) async fn load_all(mgr: &Arc<Manager>) -> Result<(), ManagerError> {
             rec: Mutex::new(rec.clone()),
             agent: agent::AgentSlot::default(),
         });
+        if rec.state.has_process() && rec.pending_standby {
+            settle_standby(mgr, &slot, alive).await?;
+            loaded.insert(slot.id.clone(), slot);
+            continue;
+        }
         if rec.state.has_process() && !alive {
             warn!(name = rec.name, "VM process exited while the daemon was down");
             slot.update(|r| {
@@ -88,4 +93,36 @@ pub(crate) async fn load_all(mgr: &Arc<Manager>) -> Result<(), ManagerError> {
     }
     *mgr.slots.write().expect("slots") = loaded;
     Ok(())
+}
+
+/// A standby the daemon did not finish: complete it if QEMU already exited
+/// after the state was durable (new state), else resume the VM (old state).
+async fn settle_standby(mgr: &Arc<Manager>, slot: &Arc<Slot>, alive: bool) -> Result<(), ManagerError> {
+    let rec = slot.record();
+    let state_file = slot.dir.join(crate::ops::STATE_FILE);
+    match (alive, state_file.is_file()) {
+        (false, true) => {
+            info!(name = rec.name, "completing a standby interrupted after QEMU stopped");
+            crate::standby::finish_standby(slot)
+        }
+        (true, _) => {
+            info!(name = rec.name, "resuming a VM whose standby was interrupted");
+            mgr.undo_standby(slot, rec.state).await;
+            if let Some(p) = rec.process {
+                mgr.watch(slot.clone(), p);
+            }
+            let agent_socket = mgr.hv.endpoints(&slot.dir).agent_socket;
+            let s = slot.clone();
+            tokio::spawn(async move {
+                let _ = agent::attach(&s.agent, &agent_socket).await;
+            });
+            Ok(())
+        }
+        (false, false) => slot.update(|r| {
+            r.state = State::Error;
+            r.process = None;
+            r.pending_standby = false;
+            r.error = Some("VM process exited during a standby, before its state was saved".into());
+        }),
+    }
 }

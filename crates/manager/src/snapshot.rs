@@ -81,6 +81,9 @@ pub struct SnapshotRecord {
     pub created_at: u64,
     #[serde(default)]
     pub compression: Compression,
+    /// Digest of the device state, checked before forks or restores load it.
+    #[serde(default)]
+    pub state_digest: Option<crate::integrity::StateDigest>,
 }
 
 /// What clients see of a snapshot or template.
@@ -271,7 +274,12 @@ impl Manager {
                 ram_in_state: captured.ram_in_state,
                 created_at: now_unix(),
                 compression: Compression::default(),
+                state_digest: match staging.join(crate::ops::STATE_FILE).exists() {
+                    true => Some(crate::integrity::digest(&staging.join(crate::ops::STATE_FILE))?),
+                    false => None,
+                },
             };
+            crate::failpoint::hit("snapshot-captured", &req.name)?;
             sync_tree(&staging)?;
             save(&staging, &record)?;
             std::fs::rename(&staging, &final_dir).map_err(|e| ManagerError::io("move snapshot into place", e))?;

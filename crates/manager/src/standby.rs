@@ -1,10 +1,9 @@
 //! Standby and restore: park a VM on disk (device state saved, RAM left in
 //! its memory file, process gone) and bring it back where it was.
 //!
-//! Crash safety: device state is written to a temp name, made durable with
-//! the memory file, and renamed into place before the record says Standby.
-//! A crash before the rename leaves the old state (Running, or Error if the
-//! process died) and no file that looks like a valid standby.
+//! Crash safety: see `standby_locked` for the order of steps and
+//! `recover.rs` for how a crash at any step resolves to the old state (the
+//! VM running) or the new one (parked), never a half-written standby.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +28,14 @@ impl Manager {
     }
 
     /// Standby with the op lock held.
+    ///
+    /// Order (each step durable before the next; `recover.rs` finishes or
+    /// undoes a standby a crash interrupted, guided by `pending_standby`):
+    /// 1. record `pending_standby`;
+    /// 2. pause + save device state to `vmstate.tmp`, fsync, rename to
+    ///    `vmstate` (a crash before: the VM is resumed, old state);
+    /// 3. stop QEMU (a crash before: resumed; after: the standby completes);
+    /// 4. settle the memory file, digest the state, record Standby.
     pub(crate) async fn standby_locked(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<(), ManagerError> {
         let rec = slot.record();
         let proc = rec.process.ok_or_else(|| ManagerError::Failed("no VM process recorded".into()))?;
@@ -37,43 +44,34 @@ impl Manager {
             // Durable guest disk first: the overlay is part of what we park.
             let _ = agent::sync(&slot.agent).await;
         }
+        slot.update(|r| r.pending_standby = true)?;
         // A privately mapped VM (a fork) has its RAM in no file: it goes
-        // into the state, and the link to the shared inode is dropped below.
-        let private = rec.memory == MemoryMapping::Private;
-        let ram = if private { RamSave::InState } else { RamSave::InMemoryFile };
+        // into the state, and the link to the shared inode is dropped later.
+        let ram = if rec.memory == MemoryMapping::Private { RamSave::InState } else { RamSave::InMemoryFile };
         let tmp = slot.dir.join(STATE_TMP);
-        let saved = self.hv.save_state(&slot.dir, &tmp, ram).await;
+        let saved = async {
+            let report = self.hv.save_state(&slot.dir, &tmp, ram).await?;
+            crate::failpoint::hit("standby-saved", &rec.name)?;
+            sync_file(&tmp)?;
+            std::fs::rename(&tmp, slot.dir.join(STATE_FILE))
+                .map_err(|e| ManagerError::io("rename device state into place", e))?;
+            sync_file(&slot.dir)?;
+            Ok::<_, ManagerError>(report)
+        }
+        .await;
         let report = match saved {
             Ok(r) => r,
             Err(e) => {
-                // The VM is paused mid-save at worst: let it run on.
-                if rec.state == State::Running {
-                    let _ = self.hv.resume(&slot.dir).await;
-                }
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e.into());
+                // Disk full, QEMU error…: the VM is paused at worst; let it run on.
+                self.undo_standby(slot, rec.state).await;
+                return Err(e);
             }
         };
+        crate::failpoint::hit("standby-renamed", &rec.name)?;
         self.hv.stop(&slot.dir, &proc, Duration::from_secs(10)).await?;
         slot.agent.reset().await;
-        let memory = slot.dir.join(MEMORY_FILE);
-        if private {
-            // The parked fork depends on nobody: its RAM is in its state.
-            let _ = std::fs::remove_file(&memory);
-        } else {
-            sync_file(&memory)?;
-        }
-        sync_file(&tmp)?;
-        std::fs::rename(&tmp, slot.dir.join(STATE_FILE))
-            .map_err(|e| ManagerError::io("rename device state into place", e))?;
-        sync_file(&slot.dir)?;
-        slot.update(|r| {
-            r.state = State::Standby;
-            r.process = None;
-            // Restore maps a new file shared and loads the RAM into it.
-            r.memory = MemoryMapping::Shared;
-            r.ram_in_state = private;
-        })?;
+        crate::failpoint::hit("standby-stopped", &rec.name)?;
+        finish_standby(slot)?;
         info!(
             name = rec.name,
             total_ms = t0.elapsed().as_secs_f64() * 1e3,
@@ -83,6 +81,19 @@ impl Manager {
             "instance in standby"
         );
         Ok(())
+    }
+
+    /// A standby that failed before QEMU stopped: drop the saved state and
+    /// let the VM continue in the state it was in.
+    pub(crate) async fn undo_standby(&self, slot: &Slot, was: State) {
+        let _ = std::fs::remove_file(slot.dir.join(STATE_TMP));
+        let _ = std::fs::remove_file(slot.dir.join(STATE_FILE));
+        if was == State::Running {
+            if let Err(e) = self.hv.resume(&slot.dir).await {
+                tracing::warn!(error = %crate::error::chain(&e), "could not resume after a failed standby");
+            }
+        }
+        let _ = slot.update(|r| r.pending_standby = false);
     }
 
     pub async fn restore(self: &Arc<Self>, name: &str) -> Result<InstanceInfo, ManagerError> {
@@ -105,6 +116,10 @@ impl Manager {
                 rec.name
             )));
         }
+        crate::integrity::verify_state(&state_file, rec.state_digest)?;
+        if !rec.ram_in_state {
+            crate::integrity::verify_memory(&slot.dir.join(MEMORY_FILE), rec.memory_mib)?;
+        }
         let image = image::load(&self.cfg.images_dir, &rec.image)?;
         let boot = Boot::Restore { state_file: state_file.clone(), mapping: rec.memory, ram_in_state: rec.ram_in_state };
         if let Err(e) = self.boot(slot, &image, boot, None).await {
@@ -123,9 +138,36 @@ impl Manager {
         }
         // The memory file now moves on; the saved state no longer matches it.
         let _ = std::fs::remove_file(&state_file);
-        slot.update(|r| r.ram_in_state = false)?;
+        slot.update(|r| {
+            r.ram_in_state = false;
+            r.state_digest = None;
+        })?;
         Ok(())
     }
+}
+
+/// The last step of a standby, once QEMU is gone and `vmstate` is durable
+/// (also run by recovery after a crash right there).
+pub(crate) fn finish_standby(slot: &Slot) -> Result<(), ManagerError> {
+    let rec = slot.record();
+    let private = rec.memory == MemoryMapping::Private;
+    let memory = slot.dir.join(MEMORY_FILE);
+    if private {
+        // The parked fork depends on nobody: its RAM is in its state.
+        let _ = std::fs::remove_file(&memory);
+    } else {
+        sync_file(&memory)?;
+    }
+    let digest = crate::integrity::digest(&slot.dir.join(STATE_FILE))?;
+    slot.update(|r| {
+        r.state = State::Standby;
+        r.process = None;
+        // Restore maps a file shared; with the RAM in the state, a new one.
+        r.memory = MemoryMapping::Shared;
+        r.ram_in_state = private;
+        r.pending_standby = false;
+        r.state_digest = Some(digest);
+    })
 }
 
 fn sync_file(path: &std::path::Path) -> Result<(), ManagerError> {

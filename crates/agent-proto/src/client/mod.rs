@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::UnixStream;
 
-use crate::msg::{ExecRequest, ExitStatus, Op, Pong, Reply};
+use crate::msg::{ExecRequest, ExitStatus, NetworkConfig, Op, Pong, Reply};
 use conn::{Conn, Pending};
 pub use error::AgentError;
 
@@ -256,6 +256,11 @@ impl AgentClient {
             mode,
         })
         .await
+    }
+
+    /// Apply a network identity (MAC, address, route, DNS) inside the guest.
+    pub async fn configure_network(&self, config: &NetworkConfig) -> Result<(), AgentError> {
+        self.call_ok(Op::ConfigureNetwork(config.clone())).await
     }
 
     /// Flush the guest's filesystems.
