@@ -4,6 +4,7 @@
 //! `tine.agent` forever; host disconnects are normal and never make it exit.
 
 mod exec;
+mod net;
 mod ops;
 mod port;
 mod session;

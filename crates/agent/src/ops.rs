@@ -177,7 +177,7 @@ pub fn write_file(path: &str, data: &[u8], mode: Option<u32>) -> OpResult {
 }
 
 /// Write a sibling temp file, then rename it over `path`: readers never see half a file.
-fn replace_file(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+pub fn replace_file(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tine-tmp");
     let result = (|| {

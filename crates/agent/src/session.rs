@@ -188,6 +188,7 @@ fn run_request(out: &Arc<Out>, session: u64, id: u64, op: Op) {
             reply(out, session, Some(id), ops::write_file(&path, &data, mode))
         }
         Op::Sync => reply(out, session, Some(id), ops::sync()),
+        Op::ConfigureNetwork(cfg) => reply(out, session, Some(id), crate::net::configure(&cfg)),
         Op::Shutdown => {
             let synced = ops::sync();
             let power_off = synced.is_ok();

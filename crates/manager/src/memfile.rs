@@ -9,6 +9,8 @@
 //! - a shared mapping that the saved state will fill (RAM in the state) gets
 //!   a new file, like a fresh boot;
 //! - a private (copy-on-write) mapping never writes, so the file is used as is.
+//!
+//! Shared-mapped files get all their blocks reserved (fallocate) first.
 
 use std::path::Path;
 
@@ -17,19 +19,37 @@ use tracing::info;
 
 use crate::error::ManagerError;
 
-pub fn prepare(path: &Path, boot: &Boot) -> Result<(), ManagerError> {
+pub fn prepare(path: &Path, boot: &Boot, memory_mib: u32) -> Result<(), ManagerError> {
+    let bytes = u64::from(memory_mib) << 20;
     match boot {
-        Boot::Fresh => unlink(path),
+        Boot::Fresh => unlink(path).and_then(|()| reserve(path, bytes)),
         // The saved state carries the RAM: the load fills a brand-new file.
-        Boot::Restore { mapping: MemoryMapping::Shared, ram_in_state: true, .. } => unlink(path),
+        Boot::Restore { mapping: MemoryMapping::Shared, ram_in_state: true, .. } => {
+            unlink(path).and_then(|()| reserve(path, bytes))
+        }
         Boot::Restore { mapping: MemoryMapping::Shared, ram_in_state: false, .. } => {
             let outcome = tine_storage::ensure_exclusive(path)
                 .map_err(|e| ManagerError::Failed(crate::error::chain(&e)))?;
             info!(path = %path.display(), ?outcome, "memory file made exclusive before a shared mapping");
-            Ok(())
+            reserve(path, bytes)
         }
         Boot::Restore { mapping: MemoryMapping::Private, .. } => Ok(()),
     }
+}
+
+/// Allocate every block of a shared-mapped memory file up front (creating
+/// it if needed). A guest write into a hole of a full filesystem would kill
+/// QEMU with SIGBUS; this turns that into a clear error before start.
+fn reserve(path: &Path, bytes: u64) -> Result<(), ManagerError> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| ManagerError::io(format!("create memory file {}", path.display()), e))?;
+    rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, bytes).map_err(|e| {
+        ManagerError::io(format!("reserve {} MiB for memory file {}", bytes >> 20, path.display()), e.into())
+    })
 }
 
 /// Drop this name of the file; other links keep the inode and its bytes.

@@ -110,7 +110,7 @@ impl Manager {
     ) -> Result<BootTimes, ManagerError> {
         let rec = slot.record();
         let spec = self.spec(slot, &rec, image);
-        memfile::prepare(&spec.memory_file, &boot)?;
+        memfile::prepare(&spec.memory_file, &boot, rec.memory_mib)?;
         let restoring = matches!(boot, Boot::Restore { .. });
         let t0 = Instant::now();
         let proc = self.hv.start(&spec, boot).await?;

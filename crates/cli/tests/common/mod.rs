@@ -30,7 +30,7 @@ pub struct Daemon {
     child: Option<Child>,
     env: Vec<(String, String)>,
     pub data_dir: PathBuf,
-    _tmp: tempfile::TempDir,
+    _tmp: Option<tempfile::TempDir>,
 }
 
 impl Daemon {
@@ -44,7 +44,14 @@ impl Daemon {
         let tmp = tempfile::Builder::new().prefix("tine-t").tempdir_in("/tmp").unwrap();
         let data_dir = tmp.path().to_path_buf();
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut d = Daemon { child: None, env, data_dir, _tmp: tmp };
+        let mut d = Daemon { child: None, env, data_dir, _tmp: Some(tmp) };
+        d.spawn();
+        d
+    }
+
+    /// A daemon whose data directory is `dir` (e.g. a small loop mount).
+    pub fn start_at(dir: &Path) -> Daemon {
+        let mut d = Daemon { child: None, env: vec![], data_dir: dir.to_path_buf(), _tmp: None };
         d.spawn();
         d
     }
