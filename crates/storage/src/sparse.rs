@@ -2,7 +2,7 @@
 //! SEEK_DATA/SEEK_HOLE and copy only those, so holes stay holes.
 //!
 //! Each region goes through copy_file_range (in-kernel, and a remap on
-//! filesystems that can) until the kernel answers "unsupported" once; from
+//! filesystems that can), with readahead requested one chunk ahead, until the kernel answers "unsupported" once; from
 //! then on this operation uses pread/pwrite with a large buffer, writing only
 //! non-zero blocks. A filesystem without SEEK_DATA is copied as one data
 //! region, and the zero-block skip still leaves holes where the data is zero.
@@ -18,8 +18,9 @@ use crate::sys::Sys;
 
 /// Buffer of the read/write path.
 const BUF_LEN: usize = 1 << 20;
-/// Largest request handed to copy_file_range at once.
-const MAX_RANGE: u64 = 1 << 30;
+/// Largest request handed to copy_file_range at once, and the readahead
+/// window kept in flight ahead of it.
+const CHUNK: u64 = 8 << 20;
 /// Granularity of the zero-block skip (the page and usual block size).
 const BLOCK: usize = 4096;
 
@@ -73,8 +74,18 @@ impl<S: Sys> Engine<'_, S> {
         end: u64,
     ) -> Result<u64, CopyError> {
         let mut off = start;
+        let mut fetched = start;
         while off < end {
-            let want = (end - off).min(MAX_RANGE) as usize;
+            // Ask for the next chunk before copying this one. Without it a
+            // cold copy_file_range reads in small synchronous pieces: about
+            // 3x slower than cp on an overlay of scattered 256 KiB extents.
+            let ahead = (off + 2 * CHUNK).min(end);
+            if fetched < ahead {
+                let len = std::num::NonZeroU64::new(ahead - fetched);
+                let _ = rustix::fs::fadvise(src, fetched, len, rustix::fs::Advice::WillNeed);
+                fetched = ahead;
+            }
+            let want = (end - off).min(CHUNK) as usize;
             let n = if self.range_ok {
                 match self.sys.copy_file_range(src, off, dst, off, want) {
                     Ok(n) => n,
