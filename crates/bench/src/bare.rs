@@ -12,19 +12,22 @@
 //! completed), `cont`, agent answering, identity (the same three agent calls
 //! tine makes for a fork: entropy, hostname + machine-id, clock).
 //!
-//! A second variant ("hv") starts the clone through tine's own QEMU backend
-//! (`tine_hypervisor::qemu::Qemu::start`), without daemon, API or manager: it
-//! separates the backend's cost from the rest of tine.
+//! A second variant ("bare-d") adds `-daemonize -pidfile`, as tine's QEMU
+//! backend starts every VM (so VMs outlive the daemon): the difference is
+//! what daemonizing costs.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tine_agent_proto::client::AgentClient;
-use tine_hypervisor::{Accel, Boot, Hypervisor, MemoryMapping, VmProcess, VmSpec};
+use std::future::Future;
+use std::pin::Pin;
+
+use tine_agent_proto::client::{AgentClient, AgentError};
+use tine_hypervisor::{Accel, VmProcess};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
@@ -75,8 +78,8 @@ impl Image {
 pub enum CloneKind {
     /// Raw QEMU + QMP by hand.
     Bare,
-    /// tine's QEMU backend as a library.
-    Hv,
+    /// The same with `-daemonize -pidfile`, as tine's backend starts QEMU.
+    BareDaemonize,
 }
 
 /// Phase durations of one clone, ms. `None` where the variant cannot see it.
@@ -92,6 +95,10 @@ pub struct Phases {
     pub qemu_total_ms: f64,
     pub agent_ms: f64,
     pub identity_ms: f64,
+    /// Completion of each identity call after the first was sent (they are
+    /// sent at once; the agent serves them in order): entropy, hostname +
+    /// machine-id, clock.
+    pub identity_calls_ms: [f64; 3],
 }
 
 /// A running clone; kill it with [`Clone::kill`].
@@ -124,8 +131,8 @@ pub async fn start_clone(kind: CloneKind, cfg: &CloneCfg, src: &SourceFiles, dir
     let mut phases = Phases { files_ms: ms(t_files), ..Default::default() };
     let t_qemu = Instant::now();
     let mut clone = match kind {
-        CloneKind::Bare => bare_start(cfg, src, &dir, &mut phases).await,
-        CloneKind::Hv => hv_start(cfg, src, &dir).await,
+        CloneKind::Bare => bare_start(cfg, src, &dir, &mut phases, false).await,
+        CloneKind::BareDaemonize => bare_start(cfg, src, &dir, &mut phases, true).await,
     }
     .with_context(|| format!("start clone in {}", dir.display()))?;
     phases.qemu_total_ms = ms(t_qemu);
@@ -144,7 +151,16 @@ pub async fn start_clone(kind: CloneKind, cfg: &CloneCfg, src: &SourceFiles, dir
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let seed: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37) ^ (clone.pid as u8)).collect();
     let mid = format!("{:032x}", (clone.pid as u128) << 64 | t0.elapsed().as_nanos());
-    let (a, b, c) = tokio::join!(agent.add_entropy(&seed), agent.set_identity(Some(&name), Some(&mid)), agent.sync_clock());
+    let timed = |f| async move {
+        let r = f.await;
+        (r, ms(t_id))
+    };
+    let ((a, ta), (b, tb), (c, tc)) = tokio::join!(
+        timed(Box::pin(agent.add_entropy(&seed)) as Pin<Box<dyn Future<Output = Result<(), AgentError>> + Send + '_>>),
+        timed(Box::pin(agent.set_identity(Some(&name), Some(&mid)))),
+        timed(Box::pin(agent.sync_clock()))
+    );
+    phases.identity_calls_ms = [ta, tb, tc];
     if let Err(e) = a.and(b).and(c) {
         clone.kill().await;
         bail!("identity of clone {}: {e}", dir.display());
@@ -229,8 +245,12 @@ pub fn qemu_args(cfg: &CloneCfg, mem_mib: u32, memory_file: &Path, dir: &Path) -
     v
 }
 
-async fn bare_start(cfg: &CloneCfg, src: &SourceFiles, dir: &Path, ph: &mut Phases) -> Result<Clone> {
-    let args = qemu_args(cfg, src.memory_mib, &dir.join(MEMORY_FILE), dir);
+async fn bare_start(cfg: &CloneCfg, src: &SourceFiles, dir: &Path, ph: &mut Phases, daemonize: bool) -> Result<Clone> {
+    let mut args = qemu_args(cfg, src.memory_mib, &dir.join(MEMORY_FILE), dir);
+    let pid_file = dir.join("qemu.pid");
+    if daemonize {
+        args.extend(["-daemonize".into(), "-pidfile".into(), pid_file.display().to_string()]);
+    }
     let log = std::fs::File::create(dir.join("qemu.log"))?;
     let t = Instant::now();
     let mut cmd = tokio::process::Command::new(&cfg.qemu);
@@ -243,7 +263,18 @@ async fn bare_start(cfg: &CloneCfg, src: &SourceFiles, dir: &Path, ph: &mut Phas
         });
     }
     let mut child = cmd.spawn().with_context(|| format!("spawn {}", cfg.qemu.display()))?;
-    let pid = child.id().map(|p| p as i32).unwrap_or(0);
+    let mut pid = child.id().map(|p| p as i32).unwrap_or(0);
+    let mut proc = None;
+    if daemonize {
+        // The launcher exits once QEMU is set up; the VM is its child.
+        let st = child.wait().await?;
+        if !st.success() {
+            let log = std::fs::read_to_string(dir.join("qemu.log")).unwrap_or_default();
+            bail!("QEMU -daemonize failed ({st}): {}", log.trim());
+        }
+        pid = std::fs::read_to_string(&pid_file)?.trim().parse().context("pid file")?;
+        proc = Some(VmProcess::of_pid(pid).context("daemonized QEMU is gone")?);
+    }
     let result = async {
         let mut q = Qmp::connect_retry(&dir.join("qmp.sock"), Duration::from_secs(30), &mut child).await?;
         ph.spawn_to_qmp_ms = Some(ms(t));
@@ -269,8 +300,8 @@ async fn bare_start(cfg: &CloneCfg, src: &SourceFiles, dir: &Path, ph: &mut Phas
     let clone = Clone {
         dir: dir.to_path_buf(),
         pid,
-        proc: None,
-        child: Some(child),
+        proc,
+        child: (!daemonize).then_some(child),
         phases: Phases::default(),
         running_ms: 0.0,
         ready_ms: 0.0,
@@ -284,32 +315,6 @@ async fn bare_start(cfg: &CloneCfg, src: &SourceFiles, dir: &Path, ph: &mut Phas
             Err(e.context(format!("QEMU said: {}", log.trim())))
         }
     }
-}
-
-async fn hv_start(cfg: &CloneCfg, src: &SourceFiles, dir: &Path) -> Result<Clone> {
-    let spec = VmSpec {
-        run_dir: dir.to_path_buf(),
-        memory_mib: src.memory_mib,
-        vcpus: 1,
-        kernel: cfg.image.kernel.clone(),
-        initrd: cfg.image.initrd.clone(),
-        cmdline: cfg.image.cmdline.clone(),
-        root_disk: dir.join("overlay.qcow2"),
-        memory_file: dir.join(MEMORY_FILE),
-        accel: cfg.accel,
-    };
-    let hv = tine_hypervisor::qemu::Qemu::new(&cfg.qemu);
-    let boot = Boot::Restore { state_file: src.vmstate.clone(), mapping: MemoryMapping::Private, ram_in_state: false };
-    let proc = hv.start(&spec, boot).await.map_err(|e| anyhow!("{e}"))?;
-    Ok(Clone {
-        dir: dir.to_path_buf(),
-        pid: proc.pid,
-        proc: Some(proc),
-        child: None,
-        phases: Phases::default(),
-        running_ms: 0.0,
-        ready_ms: 0.0,
-    })
 }
 
 /// A minimal QMP client that keeps the events it reads.
@@ -333,7 +338,9 @@ impl Qmp {
                 return Ok(q);
             }
             if let Ok(Some(st)) = child.try_wait() {
-                bail!("QEMU exited at start ({st})");
+                if !st.success() {
+                    bail!("QEMU exited at start ({st})");
+                }
             }
             if Instant::now() > deadline {
                 bail!("QMP socket {} did not appear", path.display());

@@ -102,12 +102,26 @@ impl Mounted {
     }
 }
 
-/// Bytes used on the filesystem holding `path` (after syncfs).
+/// Bytes used on the filesystem holding `path`, after syncfs and once the
+/// figure is stable (XFS frees the blocks of deleted files in the
+/// background): two readings 100 ms apart within 64 KiB, or 5 s.
 pub fn fs_used_bytes(path: &Path) -> Result<u64> {
     let f = std::fs::File::open(path)?;
-    rustix::fs::syncfs(&f)?;
-    let s = rustix::fs::fstatvfs(&f)?;
-    Ok((s.f_blocks - s.f_bfree) * s.f_frsize)
+    let read = || -> Result<u64> {
+        rustix::fs::syncfs(&f)?;
+        let s = rustix::fs::fstatvfs(&f)?;
+        Ok((s.f_blocks - s.f_bfree) * s.f_frsize)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut last = read()?;
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let now = read()?;
+        if now.abs_diff(last) <= 64 << 10 || std::time::Instant::now() > deadline {
+            return Ok(now);
+        }
+        last = now;
+    }
 }
 
 fn run(cmd: &mut Command) -> Result<String> {

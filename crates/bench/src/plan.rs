@@ -16,8 +16,9 @@ pub enum Mode {
     Link,
     /// Baseline (b): hand-made QEMU templating over raw QMP, no tine.
     Bare,
-    /// tine's QEMU backend used as a library (no daemon/API/manager).
-    Hv,
+    /// Baseline (b) with `-daemonize` as tine starts QEMU (single forks
+    /// only): isolates what daemonizing costs.
+    BareDaemonize,
     /// Baseline (c): tine with the memory file copied per fork by the copy
     /// engine (reflink on XFS, sparse copy on ext4).
     Copy,
@@ -26,13 +27,13 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 5] = [Mode::Link, Mode::Hv, Mode::Bare, Mode::Copy, Mode::FullCopy];
+    pub const ALL: [Mode; 5] = [Mode::Link, Mode::Bare, Mode::BareDaemonize, Mode::Copy, Mode::FullCopy];
 
     pub fn name(self) -> &'static str {
         match self {
             Mode::Link => "link",
             Mode::Bare => "bare",
-            Mode::Hv => "hv",
+            Mode::BareDaemonize => "bare-d",
             Mode::Copy => "copy",
             Mode::FullCopy => "full-copy",
         }
@@ -44,7 +45,7 @@ impl Mode {
             Mode::Link => Some("link"),
             Mode::Copy => Some("copy"),
             Mode::FullCopy => Some("full-copy"),
-            Mode::Bare | Mode::Hv => None,
+            Mode::Bare | Mode::BareDaemonize => None,
         }
     }
 }
@@ -55,7 +56,7 @@ impl std::str::FromStr for Mode {
         Mode::ALL
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| format!("unknown mode {s:?} (link, hv, bare, copy, full-copy)"))
+            .ok_or_else(|| format!("unknown mode {s:?} (link, bare, bare-d, copy, full-copy)"))
     }
 }
 
@@ -129,7 +130,7 @@ pub struct Args {
     /// Forks (and baseline clones/boots) in flight at once (tine's default is 4).
     #[arg(long, default_value_t = 4)]
     pub parallel: u32,
-    /// Fork modes / baselines, comma-separated: link, hv, bare, copy, full-copy.
+    /// Fork modes / baselines, comma-separated: link, bare, bare-d (singles only), copy, full-copy.
     #[arg(long, value_delimiter = ',')]
     pub modes: Option<Vec<Mode>>,
     /// Sections, comma-separated: boot, standby, fork, from-running, boot-n.
@@ -229,7 +230,6 @@ impl Config {
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum Step {
     Mount { fs: FsKind },
-    Daemon { fork_memory: &'static str },
     Boot { reps: u32 },
     StandbyRestore { mem_mib: u32, dirty: Vec<u32>, reps: u32 },
     Source { mem_mib: u32, touch_mib: u32 },
@@ -245,7 +245,6 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Step::Mount { fs } => write!(f, "mount {} loop filesystem, start tine serve", fs.name()),
-            Step::Daemon { fork_memory } => write!(f, "(re)start tine serve --fork-memory {fork_memory}"),
             Step::Boot { reps } => write!(f, "boot: {reps} x tine run 256M (sequential), idle RSS/PSS"),
             Step::StandbyRestore { mem_mib, dirty, reps } => {
                 write!(f, "standby/restore {mem_mib} MiB: {reps} x each, dirty {dirty:?} MiB")
@@ -255,7 +254,7 @@ impl fmt::Display for Step {
                 let m: Vec<&str> = modes.iter().map(|m| m.name()).collect();
                 write!(f, "single fork {mem_mib} MiB: {reps} x [{}] interleaved (+1 warm-up each)", m.join(", "))
             }
-            Step::Burst { mem_mib, mode, count } => write!(f, "burst {mem_mib} MiB {}: {count} forks", mode.name()),
+            Step::Burst { mem_mib, mode, count } => write!(f, "burst {mem_mib} MiB {}: {count} forks at once", mode.name()),
             Step::FromRunning { mem_mib, reps } => write!(f, "fork --from-running {mem_mib} MiB: {reps} x"),
             Step::BootN { mem_mib, count, touch_mib } => {
                 write!(f, "baseline (a): boot {count} x {mem_mib} MiB at once, then each fills {touch_mib} MiB")
@@ -278,8 +277,10 @@ pub fn copy_bytes(mode: Mode, fs: FsKind, mem_mib: u32, count: u32) -> u64 {
 
 pub fn plan(c: &Config) -> Vec<Step> {
     let mut steps = Vec::new();
-    let tine_modes: Vec<Mode> = c.modes.iter().copied().filter(|m| m.daemon_mode().is_some()).collect();
     let forking = c.has(Section::Fork) && !c.modes.is_empty();
+    // Every enabled mode, singles interleaved rep by rep (the daemon is
+    // restarted with the right --fork-memory when the mode changes: ~0.1 s).
+    let modes: Vec<Mode> = Mode::ALL.into_iter().filter(|m| c.has_mode(*m)).collect();
     for &fs in &c.fs {
         steps.push(Step::Mount { fs });
         if c.has(Section::Boot) {
@@ -294,34 +295,10 @@ pub fn plan(c: &Config) -> Vec<Step> {
             for &m in &c.sizes {
                 steps.push(Step::Source { mem_mib: m, touch_mib: c.touch_mib });
             }
-            // Link and the daemon-less baselines share the first daemon
-            // (link mode), singles interleaved rep by rep.
-            let first: Vec<Mode> = [Mode::Link, Mode::Hv, Mode::Bare].into_iter().filter(|m| c.has_mode(*m)).collect();
             for &m in &c.sizes {
-                if !first.is_empty() {
-                    steps.push(Step::Singles { mem_mib: m, modes: first.clone(), reps: c.reps });
-                }
+                steps.push(Step::Singles { mem_mib: m, modes: modes.clone(), reps: c.reps });
                 for &n in &c.bursts {
-                    for &mode in &first {
-                        steps.push(Step::Burst { mem_mib: m, mode, count: n });
-                    }
-                }
-            }
-        }
-        if c.has(Section::FromRunning) {
-            for &m in &c.sizes {
-                steps.push(Step::FromRunning { mem_mib: m, reps: c.reps });
-            }
-        }
-        if c.has(Section::BootN) {
-            steps.push(Step::BootN { mem_mib: c.sizes[0], count: c.boot_n, touch_mib: c.touch_mib });
-        }
-        if forking {
-            for mode in tine_modes.iter().copied().filter(|m| *m != Mode::Link) {
-                steps.push(Step::Daemon { fork_memory: mode.daemon_mode().expect("tine mode") });
-                for &m in &c.sizes {
-                    steps.push(Step::Singles { mem_mib: m, modes: vec![mode], reps: c.reps });
-                    for &n in &c.bursts {
+                    for &mode in modes.iter().filter(|m| **m != Mode::BareDaemonize) {
                         let bytes = copy_bytes(mode, fs, m, n);
                         if bytes > c.copy_budget_bytes {
                             steps.push(Step::Skip {
@@ -338,6 +315,14 @@ pub fn plan(c: &Config) -> Vec<Step> {
                     }
                 }
             }
+        }
+        if c.has(Section::FromRunning) {
+            for &m in &c.sizes {
+                steps.push(Step::FromRunning { mem_mib: m, reps: c.reps });
+            }
+        }
+        if c.has(Section::BootN) {
+            steps.push(Step::BootN { mem_mib: c.sizes[0], count: c.boot_n, touch_mib: c.touch_mib });
         }
         steps.push(Step::Teardown { fs });
     }
@@ -375,11 +360,12 @@ mod tests {
             assert!(p.contains(&Step::Mount { fs }));
             assert!(p.contains(&Step::Teardown { fs }));
         }
-        for mode in Mode::ALL {
+        for mode in Mode::ALL.into_iter().filter(|m| *m != Mode::BareDaemonize) {
             let bursts = p.iter().filter(|s| matches!(s, Step::Burst { mode: m, count: 10, .. } if *m == mode)).count();
             assert_eq!(bursts, 2, "{mode:?}");
         }
-        assert_eq!(p.iter().filter(|s| matches!(s, Step::Daemon { .. })).count(), 4);
+        let singles = p.iter().filter(|s| matches!(s, Step::Singles { modes, .. } if modes.len() == 5)).count();
+        assert_eq!(singles, 2);
         assert!(p.iter().all(|s| !matches!(s, Step::Skip { .. })));
     }
 

@@ -94,6 +94,11 @@ pub struct PhaseMedians {
     pub qemu_total_ms: Option<f64>,
     pub agent_ms: Option<f64>,
     pub identity_ms: Option<f64>,
+    /// Identity calls as the agent served them (it serves them in order):
+    /// entropy done, then hostname + machine-id, then clock.
+    pub identity_entropy_ms: Option<f64>,
+    pub identity_hostname_ms: Option<f64>,
+    pub identity_clock_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -165,8 +170,8 @@ fn p50(s: &Option<Summary>) -> Option<f64> {
 fn mode_label(m: Mode) -> &'static str {
     match m {
         Mode::Link => "tine (link)",
-        Mode::Hv => "tine backend only (hv)",
         Mode::Bare => "(b) bare QEMU+QMP",
+        Mode::BareDaemonize => "(b) bare, -daemonize",
         Mode::Copy => "(c) tine --fork-memory copy",
         Mode::FullCopy => "(d) tine --fork-memory full-copy",
     }
@@ -241,13 +246,13 @@ pub fn render(r: &Results) -> String {
         r.filesystems.iter().flat_map(|fr| fr.forks.iter().filter(|c| c.count == 1).map(move |c| (fr, c))).collect();
     if !singles.is_empty() {
         let _ = writeln!(o, "### Single fork (request → vCPUs running / → agent ready + identity), repetitions\n");
-        let _ = writeln!(o, "| fs | guest MiB | mode | n | running p50 ms | p95 | max | ready p50 ms | p95 | max | running vs link | ready vs link |");
-        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(o, "| fs | guest MiB | mode | n | running p50 ms | p95 | max | ready p50 ms | p95 | max | running vs link | ready vs link | tine running / this | tine ready / this |");
+        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for (fr, c) in &singles {
             let link = link_cell(fr, c);
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 fr.fs.kind.name(),
                 c.mem_mib,
                 mode_label(c.mode),
@@ -260,19 +265,21 @@ pub fn render(r: &Results) -> String {
                 f(c.ready_ms.map(|s| s.max)),
                 x(ratio(p50(&c.running_ms), link.and_then(|l| p50(&l.running_ms)))),
                 x(ratio(p50(&c.ready_ms), link.and_then(|l| p50(&l.ready_ms)))),
+                x(ratio(link.and_then(|l| p50(&l.running_ms)), p50(&c.running_ms))),
+                x(ratio(link.and_then(|l| p50(&l.ready_ms)), p50(&c.ready_ms))),
             );
         }
         o.push('\n');
         let phased: Vec<_> = singles.iter().filter(|(_, c)| c.phases.is_some()).collect();
         if !phased.is_empty() {
             let _ = writeln!(o, "Where a baseline clone's time goes (medians of the single clones, ms):\n");
-            let _ = writeln!(o, "| fs | guest MiB | mode | files | QEMU spawn → QMP | caps | state load (host) | state load (QEMU events) | cont | QEMU total | agent | identity |");
-            let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+            let _ = writeln!(o, "| fs | guest MiB | mode | files | QEMU spawn → QMP | caps | state load (host) | state load (QEMU events) | cont | QEMU total | agent | identity | of which hostname+machine-id |");
+            let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
             for (fr, c) in phased {
                 let p = c.phases.as_ref().expect("filtered");
                 let _ = writeln!(
                     o,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     fr.fs.kind.name(),
                     c.mem_mib,
                     c.mode.name(),
@@ -284,7 +291,8 @@ pub fn render(r: &Results) -> String {
                     f(p.cont_ms),
                     f(p.qemu_total_ms),
                     f(p.agent_ms),
-                    f(p.identity_ms)
+                    f(p.identity_ms),
+                    f(p.identity_hostname_ms)
                 );
             }
             o.push('\n');

@@ -40,6 +40,8 @@ pub struct FsRun<'a> {
     ctx: &'a Ctx,
     mount: Mounted,
     daemon: Option<Daemon>,
+    /// The running daemon's --fork-memory.
+    daemon_mode: &'static str,
     data_dir: PathBuf,
     bare_root: PathBuf,
     /// mem_mib → (instance name, instance dir) of the standby fork sources.
@@ -71,7 +73,7 @@ impl<'a> FsRun<'a> {
             boot_n: None,
             errors: vec![],
         };
-        let mut r = FsRun { ctx, mount, daemon: None, data_dir, bare_root, sources: BTreeMap::new(), res };
+        let mut r = FsRun { ctx, mount, daemon: None, daemon_mode: "link", data_dir, bare_root, sources: BTreeMap::new(), res };
         r.restart_daemon("link").await?;
         log(fs, format!("mounted {} (loop {:?}, direct-io {})", r.mount.path().display(), r.mount.info.loop_device, r.mount.info.direct_io));
         Ok(r)
@@ -85,12 +87,21 @@ impl<'a> FsRun<'a> {
         self.daemon.as_ref().ok_or_else(|| anyhow!("no daemon running"))
     }
 
-    async fn restart_daemon(&mut self, mode: &str) -> Result<()> {
+    async fn restart_daemon(&mut self, mode: &'static str) -> Result<()> {
         if let Some(mut d) = self.daemon.take() {
             d.stop().await;
         }
         self.daemon = Some(Daemon::start(&self.ctx.daemon_opts(), &self.data_dir, mode).await?);
+        self.daemon_mode = mode;
         Ok(())
+    }
+
+    /// A daemon with `--fork-memory mode` (restarted only if it has another).
+    async fn ensure_daemon(&mut self, mode: &'static str) -> Result<()> {
+        if self.daemon.is_some() && self.daemon_mode == mode {
+            return Ok(());
+        }
+        self.restart_daemon(mode).await
     }
 
     fn source_names(&self) -> Vec<String> {
@@ -101,9 +112,18 @@ impl<'a> FsRun<'a> {
     pub async fn step(&mut self, step: &Step) {
         let t = Instant::now();
         log(self.fs(), format!("{step}"));
+        let daemon_mode = match step {
+            Step::Singles { .. } | Step::Burst { .. } => None,
+            _ => Some("link"),
+        };
+        if let Some(m) = daemon_mode {
+            if let Err(e) = self.ensure_daemon(m).await {
+                self.res.errors.push(format!("{step}: {e:#}"));
+                return;
+            }
+        }
         let r = match step {
             Step::Mount { .. } | Step::Teardown { .. } | Step::Skip { .. } => Ok(()),
-            Step::Daemon { fork_memory } => self.restart_daemon(fork_memory).await,
             Step::Boot { reps } => self.boot(*reps).await,
             Step::StandbyRestore { mem_mib, dirty, reps } => self.standby(*mem_mib, dirty, *reps).await,
             Step::Source { mem_mib, touch_mib } => self.source(*mem_mib, *touch_mib).await,
@@ -266,7 +286,10 @@ impl<'a> FsRun<'a> {
         for rep in 0..=reps {
             for &mode in modes {
                 let s = match mode.daemon_mode() {
-                    Some(_) => self.tine_single(&src, m, mode, rep).await.map(|(a, b)| (a, b, None)),
+                    Some(dm) => match self.ensure_daemon(dm).await {
+                        Ok(()) => self.tine_single(&src, m, mode, rep).await.map(|(a, b)| (a, b, None)),
+                        Err(e) => Err(e),
+                    },
                     None => self.clone_single(&files, m, mode, rep).await.map(|(a, b, p)| (a, b, Some(p))),
                 };
                 let e = samples.entry(mode).or_default();
@@ -323,7 +346,7 @@ impl<'a> FsRun<'a> {
     }
 
     async fn clone_single(&self, files: &SourceFiles, m: u32, mode: Mode, rep: u32) -> Result<(f64, f64, Phases)> {
-        let kind = if mode == Mode::Bare { CloneKind::Bare } else { CloneKind::Hv };
+        let kind = clone_kind(mode);
         let dir = self.bare_root.join(format!("s{m}-{}-{rep}", mode.name()));
         let mut c = bare::start_clone(kind, &self.ctx.clone_cfg, files, dir, Instant::now()).await?;
         c.kill().await;
@@ -333,6 +356,9 @@ impl<'a> FsRun<'a> {
     // ---- bursts -----------------------------------------------------------
 
     async fn burst(&mut self, m: u32, mode: Mode, n: u32) -> Result<()> {
+        if let Some(dm) = mode.daemon_mode() {
+            self.ensure_daemon(dm).await?;
+        }
         let cell = match mode.daemon_mode() {
             Some(_) => self.tine_burst(m, mode, n).await,
             None => self.clone_burst(m, mode, n).await,
@@ -427,7 +453,7 @@ impl<'a> FsRun<'a> {
 
     async fn clone_burst(&self, m: u32, mode: Mode, n: u32) -> Result<ForkCell> {
         let (_, files) = self.source_of(m)?;
-        let kind = if mode == Mode::Bare { CloneKind::Bare } else { CloneKind::Hv };
+        let kind = clone_kind(mode);
         let used0 = fs_used_bytes(self.mount.path()).ok();
         let sem = Arc::new(Semaphore::new(self.ctx.cfg.parallel as usize));
         let t0 = Instant::now();
@@ -592,6 +618,13 @@ impl<'a> FsRun<'a> {
     }
 }
 
+fn clone_kind(mode: Mode) -> CloneKind {
+    match mode {
+        Mode::Bare => CloneKind::Bare,
+        _ => CloneKind::BareDaemonize,
+    }
+}
+
 fn phase_medians(ph: &[Phases]) -> PhaseMedians {
     let col = |f: &dyn Fn(&Phases) -> Option<f64>| median(&ph.iter().filter_map(f).collect::<Vec<f64>>());
     PhaseMedians {
@@ -604,6 +637,9 @@ fn phase_medians(ph: &[Phases]) -> PhaseMedians {
         qemu_total_ms: col(&|p| Some(p.qemu_total_ms)),
         agent_ms: col(&|p| Some(p.agent_ms)),
         identity_ms: col(&|p| Some(p.identity_ms)),
+        identity_entropy_ms: col(&|p| Some(p.identity_calls_ms[0])),
+        identity_hostname_ms: col(&|p| Some(p.identity_calls_ms[1] - p.identity_calls_ms[0])),
+        identity_clock_ms: col(&|p| Some(p.identity_calls_ms[2] - p.identity_calls_ms[1])),
     }
 }
 
