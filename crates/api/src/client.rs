@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::types::{ErrorBody, ForkFrom, ForkReport, ForkRequest, PromoteRequest, RestoreRequest, SnapshotInfo, SnapshotRequest, ExecFrame, ExecRequest, ExecResult, Health, InstanceInfo, RunRequest};
+use crate::types::{ErrorBody, ForkFrom, ForkOutcome, PoolInfo, PoolSpec, ForkReport, ForkRequest, PromoteRequest, RestoreRequest, SnapshotInfo, SnapshotRequest, ExecFrame, ExecRequest, ExecResult, Health, InstanceInfo, RunRequest};
 
 #[derive(Debug, Clone)]
 pub enum Endpoint {
@@ -104,6 +104,12 @@ impl Client {
         self.json(Method::GET, "/v1/health", None::<&()>).await
     }
 
+    /// Remove leftover TAPs and, with no instance holding an address, the
+    /// bridge and NAT rules.
+    pub async fn system_cleanup(&self) -> Result<crate::types::CleanupReport, ClientError> {
+        self.json(Method::POST, "/v1/system/cleanup", None::<&()>).await
+    }
+
     pub async fn list(&self) -> Result<Vec<InstanceInfo>, ClientError> {
         self.json(Method::GET, "/v1/instances", None::<&()>).await
     }
@@ -134,6 +140,37 @@ impl Client {
         self.json(Method::POST, &format!("/v1/{kind}/{}/fork", seg(&req.source)), Some(req)).await
     }
 
+    /// Fork with progress: `on_fork` is called as each fork completes.
+    pub async fn fork_stream(&self, req: &ForkRequest, mut on_fork: impl FnMut(&ForkOutcome)) -> Result<ForkReport, ClientError> {
+        let kind = match req.from {
+            ForkFrom::Instance => "instances",
+            ForkFrom::Snapshot => "snapshots",
+            ForkFrom::Template => "templates",
+        };
+        let body = serde_json::to_vec(req).expect("request serializes");
+        let resp = self.send(Method::POST, &format!("/v1/{kind}/{}/fork?stream=true", seg(&req.source)), Some(body)).await?;
+        let mut body = resp.into_body();
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let Some(data) = frame.data_ref() else { continue };
+            buf.extend_from_slice(data);
+            while let Some(i) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=i).collect();
+                let v: serde_json::Value = serde_json::from_slice(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                if let Some(f) = v.get("fork") {
+                    let f: ForkOutcome = serde_json::from_value(f.clone()).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    on_fork(&f);
+                } else if let Some(r) = v.get("report") {
+                    return serde_json::from_value(r.clone()).map_err(|e| ClientError::Protocol(e.to_string()));
+                } else if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+                    return Err(ClientError::Api { status: 500, kind: "fork".into(), message: e.into() });
+                }
+            }
+        }
+        Err(ClientError::Protocol("fork stream ended without a report".into()))
+    }
+
     pub async fn snapshot_create(&self, req: &SnapshotRequest) -> Result<SnapshotInfo, ClientError> {
         self.json(Method::POST, "/v1/snapshots", Some(req)).await
     }
@@ -155,6 +192,23 @@ impl Client {
     pub async fn snapshot_restore(&self, name: &str, into: &str) -> Result<InstanceInfo, ClientError> {
         let req = RestoreRequest { into: into.into() };
         self.json(Method::POST, &format!("/v1/snapshots/{}/restore", seg(name)), Some(&req)).await
+    }
+
+    pub async fn pools(&self) -> Result<Vec<PoolInfo>, ClientError> {
+        self.json(Method::GET, "/v1/pools", None::<&()>).await
+    }
+
+    pub async fn pool_set(&self, spec: &PoolSpec) -> Result<PoolInfo, ClientError> {
+        self.json(Method::POST, "/v1/pools", Some(spec)).await
+    }
+
+    pub async fn pool_remove(&self, from: ForkFrom, source: &str) -> Result<PoolInfo, ClientError> {
+        let from = match from {
+            ForkFrom::Instance => "instance",
+            ForkFrom::Snapshot => "snapshot",
+            ForkFrom::Template => "template",
+        };
+        self.json(Method::DELETE, &format!("/v1/pools/{from}/{}", seg(source)), None::<&()>).await
     }
 
     pub async fn template_promote(&self, instance: &str) -> Result<SnapshotInfo, ClientError> {

@@ -4,6 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use tine_manager::error::chain;
+use tine_manager::network::NetworkError;
 use tine_manager::ManagerError;
 
 use crate::types::ErrorBody;
@@ -28,12 +29,28 @@ pub fn status_of(e: &ManagerError) -> (StatusCode, &'static str) {
         ManagerError::Conflict { .. } => (StatusCode::CONFLICT, "invalid_state"),
         ManagerError::Busy { .. } => (StatusCode::CONFLICT, "busy"),
         ManagerError::Image(_) => (StatusCode::UNPROCESSABLE_ENTITY, "image"),
+        ManagerError::Network(n) => network_status(n),
         ManagerError::Hypervisor(tine_manager::HvError::BinaryMissing { .. }) => {
             (StatusCode::SERVICE_UNAVAILABLE, "hypervisor_missing")
         }
         ManagerError::Hypervisor(_) => (StatusCode::INTERNAL_SERVER_ERROR, "hypervisor"),
         ManagerError::Agent { .. } => (StatusCode::BAD_GATEWAY, "agent"),
         ManagerError::Io { .. } | ManagerError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
+fn network_status(e: &NetworkError) -> (StatusCode, &'static str) {
+    match e {
+        NetworkError::InvalidSubnet(_)
+        | NetworkError::InvalidBridge(_)
+        | NetworkError::InvalidDns(_)
+        | NetworkError::Overlap { .. }
+        | NetworkError::Disabled => (StatusCode::BAD_REQUEST, "invalid_argument"),
+        NetworkError::Exhausted { .. } => (StatusCode::SERVICE_UNAVAILABLE, "network_exhausted"),
+        NetworkError::SubnetInUse { .. } => (StatusCode::CONFLICT, "network_in_use"),
+        NetworkError::Spawn { .. } | NetworkError::Command { .. } | NetworkError::Io { .. } => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "network")
+        }
     }
 }
 

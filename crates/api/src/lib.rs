@@ -7,6 +7,7 @@
 //! | method + path                              | body / query           | answer                  |
 //! |--------------------------------------------|------------------------|-------------------------|
 //! | GET `/v1/health`                           |                        | [`Health`]              |
+//! | POST `/v1/system/cleanup`                  |                        | `CleanupReport`         |
 //! | GET `/v1/instances`                        |                        | `[InstanceInfo]`        |
 //! | POST `/v1/instances`                       | `RunRequest`           | 201 `InstanceInfo`      |
 //! | GET `/v1/instances/{name}`                 |                        | `InstanceInfo`          |
@@ -23,6 +24,8 @@
 //! | GET/POST `/v1/templates`                   | [`PromoteRequest`]     | `[SnapshotInfo]` / 201  |
 //! | GET/DELETE `/v1/templates/{name}`          |                        | `SnapshotInfo` (409 with live forks) |
 //! | POST `/v1/templates/{name}/fork`           | `ForkRequest`          | `ForkReport`            |
+//! | GET/POST `/v1/pools`                       | `PoolSpec`             | `[PoolInfo]` / `PoolInfo` |
+//! | DELETE `/v1/pools/{from}/{source}`         |                        | `PoolInfo`              |
 
 pub mod client;
 pub mod error;

@@ -19,7 +19,7 @@ use tokio_stream::StreamExt;
 use tracing::info;
 
 use crate::error::ApiError;
-use crate::types::{ExecRequest, ForkFrom, ForkReport, ForkRequest, PromoteRequest, RestoreRequest, SnapshotInfo, SnapshotRequest, ExecResult, Health, InstanceInfo, RunRequest};
+use crate::types::{ExecRequest, ForkFrom, PoolInfo, PoolSpec, ForkRequest, PromoteRequest, RestoreRequest, SnapshotInfo, SnapshotRequest, ExecResult, Health, InstanceInfo, RunRequest};
 
 /// Requests are small JSON documents; exec stdin is capped by the agent.
 const BODY_LIMIT: usize = 1 << 20;
@@ -29,6 +29,7 @@ type Mgr = State<Arc<Manager>>;
 pub fn router(mgr: Arc<Manager>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
+        .route("/v1/system/cleanup", post(system_cleanup))
         .route("/v1/instances", get(list).post(run))
         .route("/v1/instances/{name}", get(inspect).delete(remove))
         .route("/v1/instances/{name}/exec", post(exec))
@@ -42,8 +43,14 @@ pub fn router(mgr: Arc<Manager>) -> Router {
         .route("/v1/templates", get(templates).post(template_promote))
         .route("/v1/templates/{name}", get(template_inspect).delete(template_remove))
         .route("/v1/templates/{name}/fork", post(template_fork))
+        .route("/v1/pools", get(pools).post(pool_set))
+        .route("/v1/pools/{from}/{source}", axum::routing::delete(pool_remove))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(mgr)
+}
+
+async fn system_cleanup(State(m): Mgr) -> Result<Json<crate::types::CleanupReport>, ApiError> {
+    Ok(Json(m.system_cleanup().await?))
 }
 
 async fn health(State(m): Mgr) -> Json<Health> {
@@ -94,14 +101,54 @@ async fn action(State(m): Mgr, Path((name, action)): Path<(String, String)>) -> 
     Ok(Json(info))
 }
 
-async fn fork(State(m): Mgr, Path(name): Path<String>, Json(req): Json<ForkRequest>) -> Result<Json<ForkReport>, ApiError> {
-    fork_from(m, name, ForkFrom::Instance, req).await
+#[derive(Deserialize, Default)]
+struct StreamQuery {
+    #[serde(default)]
+    stream: bool,
 }
 
-async fn fork_from(m: Arc<Manager>, source: String, from: ForkFrom, mut req: ForkRequest) -> Result<Json<ForkReport>, ApiError> {
+async fn fork(State(m): Mgr, Path(name): Path<String>, Query(q): Query<StreamQuery>, Json(req): Json<ForkRequest>) -> Result<Response, ApiError> {
+    fork_from(m, name, ForkFrom::Instance, q.stream, req).await
+}
+
+/// Plain: one `ForkReport`. Streamed: NDJSON, one `{"fork": outcome}` line
+/// per fork as it completes, then `{"report": report}` or `{"error": …}`.
+async fn fork_from(m: Arc<Manager>, source: String, from: ForkFrom, stream: bool, mut req: ForkRequest) -> Result<Response, ApiError> {
     req.source = source;
     req.from = from;
-    Ok(Json(m.fork(req).await?))
+    if !stream {
+        return Ok(Json(m.fork(req).await?).into_response());
+    }
+    let (line_tx, line_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(128);
+    tokio::spawn(async move {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(128);
+        let fork = m.fork_with_progress(req, Some(tx));
+        tokio::pin!(fork);
+        let result = loop {
+            tokio::select! {
+                Some(outcome) = rx.recv() => {
+                    let _ = line_tx.send(ndjson(&serde_json::json!({ "fork": outcome }))).await;
+                }
+                r = &mut fork => break r,
+            }
+        };
+        while let Ok(outcome) = rx.try_recv() {
+            let _ = line_tx.send(ndjson(&serde_json::json!({ "fork": outcome }))).await;
+        }
+        let last = match result {
+            Ok(report) => serde_json::json!({ "report": report }),
+            Err(e) => serde_json::json!({ "error": ApiError::from(e).message }),
+        };
+        let _ = line_tx.send(ndjson(&last)).await;
+    });
+    let body = ReceiverStream::new(line_rx).map(Ok::<_, std::convert::Infallible>);
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(body)).into_response())
+}
+
+fn ndjson(v: &serde_json::Value) -> Vec<u8> {
+    let mut line = serde_json::to_vec(v).expect("json");
+    line.push(b'\n');
+    line
 }
 
 async fn snapshots(State(m): Mgr) -> Json<Vec<SnapshotInfo>> {
@@ -133,8 +180,26 @@ async fn snapshot_restore(State(m): Mgr, Path(name): Path<String>, Json(req): Js
     Ok(Json(m.snapshot_restore(&name, &req.into).await?))
 }
 
-async fn snapshot_fork(State(m): Mgr, Path(name): Path<String>, Json(req): Json<ForkRequest>) -> Result<Json<ForkReport>, ApiError> {
-    fork_from(m, name, ForkFrom::Snapshot, req).await
+async fn snapshot_fork(State(m): Mgr, Path(name): Path<String>, Query(q): Query<StreamQuery>, Json(req): Json<ForkRequest>) -> Result<Response, ApiError> {
+    fork_from(m, name, ForkFrom::Snapshot, q.stream, req).await
+}
+
+async fn pools(State(m): Mgr) -> Json<Vec<PoolInfo>> {
+    Json(m.pools())
+}
+
+async fn pool_set(State(m): Mgr, Json(spec): Json<PoolSpec>) -> Result<Json<PoolInfo>, ApiError> {
+    Ok(Json(m.pool_set(spec).await?))
+}
+
+async fn pool_remove(State(m): Mgr, Path((from, source)): Path<(String, String)>) -> Result<Json<PoolInfo>, ApiError> {
+    let from = match from.as_str() {
+        "instance" => ForkFrom::Instance,
+        "snapshot" => ForkFrom::Snapshot,
+        "template" => ForkFrom::Template,
+        other => return Err(ApiError::bad_request(format!("unknown pool kind {other:?}"))),
+    };
+    Ok(Json(m.pool_remove(from, &source).await?))
 }
 
 async fn templates(State(m): Mgr) -> Json<Vec<SnapshotInfo>> {
@@ -153,8 +218,8 @@ async fn template_remove(State(m): Mgr, Path(name): Path<String>) -> Result<Json
     Ok(Json(m.snapshot_remove(&name, true).await?))
 }
 
-async fn template_fork(State(m): Mgr, Path(name): Path<String>, Json(req): Json<ForkRequest>) -> Result<Json<ForkReport>, ApiError> {
-    fork_from(m, name, ForkFrom::Template, req).await
+async fn template_fork(State(m): Mgr, Path(name): Path<String>, Query(q): Query<StreamQuery>, Json(req): Json<ForkRequest>) -> Result<Response, ApiError> {
+    fork_from(m, name, ForkFrom::Template, q.stream, req).await
 }
 
 #[derive(Deserialize)]

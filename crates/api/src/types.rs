@@ -5,8 +5,9 @@ use serde::{Deserialize, Serialize};
 
 pub use tine_manager::{
     CompressState, ExecRequest, ForkFrom, ForkOutcome, ForkReport, ForkRequest, ForkTarget, InstanceInfo, RunRequest,
-    SnapshotInfo, SnapshotKind, SnapshotRequest, State,
+    PoolInfo, PoolSpec, SnapshotInfo, SnapshotKind, SnapshotRequest, State,
 };
+pub use tine_manager::network::{CleanupReport, Lease, NetworkMode};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RestoreRequest {

@@ -59,6 +59,9 @@ pub enum Command {
     /// Templates: standby instances promoted to immutable fork sources.
     #[command(subcommand)]
     Template(TemplateCmd),
+    /// Warm pools: forks prepared ahead of requests (QEMU started, state pending).
+    #[command(subcommand)]
+    Pool(PoolCmd),
     /// Stop an instance (the disk is kept).
     Stop { name: String },
     /// Start a stopped instance (or restore one in standby).
@@ -78,6 +81,16 @@ pub enum Command {
         force: bool,
         names: Vec<String>,
     },
+    /// Host-wide housekeeping.
+    #[command(subcommand)]
+    System(SystemCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SystemCmd {
+    /// Remove TAP devices no instance owns and, when no instance holds an
+    /// address, the bridge, NAT rules and the forwarding tine turned on.
+    Cleanup,
 }
 
 #[derive(Args, Debug)]
@@ -100,6 +113,18 @@ pub struct ServeArgs {
     /// Seconds to wait for a booting guest's agent.
     #[arg(long, default_value_t = 180)]
     pub boot_timeout: u64,
+    /// Instances' network: default (bridge + NAT) or none (no NICs at all).
+    #[arg(long, env = "TINE_NETWORK", default_value = "default")]
+    pub network: String,
+    /// Guest subnet, a private IPv4 range (default: the saved one, else 10.209.0.0/16).
+    #[arg(long, env = "TINE_SUBNET")]
+    pub subnet: Option<String>,
+    /// Bridge device (default: the saved one, else tine0).
+    #[arg(long, env = "TINE_BRIDGE")]
+    pub bridge: Option<String>,
+    /// Name servers for guests, comma-separated (default: the host's).
+    #[arg(long, env = "TINE_DNS", value_delimiter = ',')]
+    pub dns: Option<Vec<String>>,
 }
 
 #[derive(Args, Debug)]
@@ -116,6 +141,10 @@ pub struct RunArgs {
     /// Accelerator for this VM: kvm or tcg (default: the daemon's choice).
     #[arg(long)]
     pub accel: Option<String>,
+    /// default (a TAP on the tine bridge, an address, NAT) or none
+    /// (default: the daemon's choice).
+    #[arg(long)]
+    pub network: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -172,6 +201,30 @@ pub enum SnapshotCmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum PoolCmd {
+    /// Keep SIZE forks of SOURCE ready (standby instance, --snapshot or --template).
+    Set {
+        source: String,
+        #[arg(long)]
+        size: u32,
+        #[arg(long, conflicts_with = "template")]
+        snapshot: bool,
+        #[arg(long)]
+        template: bool,
+    },
+    /// List pools: ready entries, hits, misses, memory held.
+    Ls,
+    /// Remove a pool and its waiting VMs.
+    Rm {
+        source: String,
+        #[arg(long, conflicts_with = "template")]
+        snapshot: bool,
+        #[arg(long)]
+        template: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum TemplateCmd {
     /// Turn a standby instance into a template (the instance is removed).
     Promote { instance: String },
@@ -193,7 +246,8 @@ pub struct ForkArgs {
     /// The source is a template.
     #[arg(long)]
     pub template: bool,
-    /// Name of the fork (with --count: NAME-1 … NAME-N).
+    /// Name of the fork (with --count: NAME-1 … NAME-N; a name containing
+    /// {i} is a template, e.g. --name 'web-{i}-a').
     #[arg(long)]
     pub name: Option<String>,
     #[arg(long, default_value_t = 1)]

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use tine_api::{Client, Endpoint, ExecFrame, ExecRequest, ForkFrom, ForkRequest, ForkTarget, RunRequest, SnapshotKind, SnapshotRequest};
 
-use crate::args::{Cli, Command, ExecArgs, ForkArgs, Global, RunArgs, SnapshotCmd, TemplateCmd};
+use crate::args::{Cli, Command, ExecArgs, ForkArgs, Global, PoolCmd, RunArgs, SnapshotCmd, SystemCmd, TemplateCmd};
 use crate::output;
 
 pub fn default_data_dir() -> PathBuf {
@@ -70,12 +70,21 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Fork(a) => return fork(&c, g.json, a).await,
         Command::Snapshot(cmd) => snapshot(&c, g.json, cmd).await?,
         Command::Template(cmd) => template(&c, g.json, cmd).await?,
+        Command::Pool(cmd) => pool(&c, g.json, cmd).await?,
         Command::Stop { name } => show(&c.action(&name, "stop").await?),
         Command::Start { name } => show(&c.action(&name, "start").await?),
         Command::Pause { name } => show(&c.action(&name, "pause").await?),
         Command::Resume { name } => show(&c.action(&name, "resume").await?),
         Command::Standby { name } => show(&c.action(&name, "standby").await?),
         Command::Restore { name } => show(&c.action(&name, "restore").await?),
+        Command::System(SystemCmd::Cleanup) => {
+            let report = c.system_cleanup().await?;
+            if g.json {
+                output::json(&report)
+            } else {
+                print!("{}", output::cleanup(&report))
+            }
+        }
         Command::Rm { force, names } => {
             if names.is_empty() {
                 bail!("rm needs at least one instance name");
@@ -103,6 +112,7 @@ fn run_request(a: RunArgs) -> Result<RunRequest> {
         vcpus: Some(a.vcpus),
         image: Some(a.image),
         accel: a.accel.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg)?,
+        network: a.network.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg)?,
     })
 }
 
@@ -179,10 +189,20 @@ async fn fork(c: &Client, json: bool, a: ForkArgs) -> Result<ExitCode> {
         target,
         parallel: Some(a.parallel),
     };
-    if !json {
-        eprintln!("forking {} x{} ...", req.source, a.count);
-    }
-    let report = c.fork(&req).await?;
+    let report = if json {
+        c.fork(&req).await?
+    } else {
+        let total = a.count;
+        let mut done = 0;
+        eprintln!("forking {} x{total} ...", req.source);
+        c.fork_stream(&req, |f| {
+            done += 1;
+            let what = f.error.as_deref().unwrap_or("ok");
+            let ms = f.ready_ms.map(|v| format!(" ready {v:.0} ms")).unwrap_or_default();
+            eprintln!("  [{done}/{total}] {}{ms}: {what}", f.name);
+        })
+        .await?
+    };
     if json {
         output::json(&report);
     } else {
@@ -241,6 +261,33 @@ async fn template(c: &Client, json: bool, cmd: TemplateCmd) -> Result<()> {
         TemplateCmd::Rm { name } => {
             let s = c.snapshot_remove("templates", &name).await?;
             if json { output::json(&s) } else { println!("{}", s.record.name) }
+        }
+    }
+    Ok(())
+}
+
+fn from_flags(snapshot: bool, template: bool) -> ForkFrom {
+    match (snapshot, template) {
+        (true, _) => ForkFrom::Snapshot,
+        (_, true) => ForkFrom::Template,
+        _ => ForkFrom::Instance,
+    }
+}
+
+async fn pool(c: &Client, json: bool, cmd: PoolCmd) -> Result<()> {
+    match cmd {
+        PoolCmd::Set { source, size, snapshot, template } => {
+            let spec = tine_api::PoolSpec { from: from_flags(snapshot, template), source, size };
+            let p = c.pool_set(&spec).await?;
+            if json { output::json(&p) } else { print!("{}", output::pool_table(&[p])) }
+        }
+        PoolCmd::Ls => {
+            let list = c.pools().await?;
+            if json { output::json(&list) } else { print!("{}", output::pool_table(&list)) }
+        }
+        PoolCmd::Rm { source, snapshot, template } => {
+            let p = c.pool_remove(from_flags(snapshot, template), &source).await?;
+            if json { output::json(&p) } else { println!("{}", p.spec.source) }
         }
     }
     Ok(())

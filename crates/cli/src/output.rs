@@ -21,21 +21,27 @@ pub fn json<T: serde::Serialize>(v: &T) {
 
 pub fn table(instances: &[InstanceInfo]) -> String {
     let mut out = format!(
-        "{:<14} {:<20} {:<9} {:>7} {:>5} {:<5} {:>8}\n",
-        "ID", "NAME", "STATE", "MEMORY", "VCPU", "ACCEL", "PID"
+        "{:<14} {:<20} {:<9} {:>7} {:>5} {:<5} {:>8} {:<15} {}\n",
+        "ID", "NAME", "STATE", "MEMORY", "VCPU", "ACCEL", "PID", "IP", "MAC"
     );
     for i in instances {
         let pid = i.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        let (ip, mac) = match &i.network {
+            Some(n) => (n.ip.to_string(), n.mac.as_str()),
+            None => ("-".into(), "-"),
+        };
         let _ = writeln!(
             out,
-            "{:<14} {:<20} {:<9} {:>6}M {:>5} {:<5} {:>8}",
+            "{:<14} {:<20} {:<9} {:>6}M {:>5} {:<5} {:>8} {:<15} {}",
             i.id,
             i.name,
             i.state.as_str(),
             i.memory_mib,
             i.vcpus,
             i.accel.as_str(),
-            pid
+            pid,
+            ip,
+            mac
         );
     }
     out
@@ -54,10 +60,39 @@ pub fn detail(i: &InstanceInfo) -> String {
     if let Some(ms) = i.boot_ms {
         let _ = writeln!(out, "boot:       {ms:.0} ms");
     }
+    match &i.network {
+        Some(n) => {
+            let _ = writeln!(out, "ip:         {}/{} (gateway {})", n.ip, n.prefix, n.gateway);
+            let _ = writeln!(out, "mac:        {}", n.mac);
+            let _ = writeln!(out, "tap:        {}", n.tap);
+        }
+        None => {
+            let _ = writeln!(out, "network:    none");
+        }
+    }
     if let Some(e) = &i.error {
         let _ = writeln!(out, "error:      {e}");
     }
     let _ = writeln!(out, "directory:  {}", i.dir.display());
+    out
+}
+
+pub fn cleanup(r: &tine_api::CleanupReport) -> String {
+    let mut out = String::new();
+    let taps = if r.taps_removed.is_empty() { "none".to_string() } else { r.taps_removed.join(" ") };
+    let _ = writeln!(out, "stale TAPs removed: {taps}");
+    let yes = |b: bool| if b { "removed" } else { "absent" };
+    match &r.kept {
+        Some(why) => {
+            let _ = writeln!(out, "bridge and NAT rules kept: {why}");
+        }
+        None => {
+            let _ = writeln!(out, "bridge: {}, NAT rules: {}", yes(r.bridge_removed), yes(r.nat_removed));
+            if r.forwarding_restored {
+                let _ = writeln!(out, "IPv4 forwarding turned off again (tine had turned it on)");
+            }
+        }
+    }
     out
 }
 
@@ -72,6 +107,24 @@ pub fn fork_table(r: &tine_api::ForkReport) -> String {
     let _ = writeln!(out, "{} ok, {} failed in {:.1} ms", r.ok, r.failed, r.wall_ms);
     if let Some(p) = r.source_pause_ms {
         let _ = writeln!(out, "source paused {p:.1} ms");
+    }
+    out
+}
+
+pub fn pool_table(list: &[tine_api::PoolInfo]) -> String {
+    let mut out = format!("{:<10} {:<20} {:>5} {:>6} {:>6} {:>7} {:>9}\n", "KIND", "SOURCE", "SIZE", "READY", "HITS", "MISSES", "RSS_MIB");
+    for p in list {
+        let _ = writeln!(
+            out,
+            "{:<10} {:<20} {:>5} {:>6} {:>6} {:>7} {:>9.1}",
+            format!("{:?}", p.spec.from).to_lowercase(),
+            p.spec.source,
+            p.spec.size,
+            p.ready,
+            p.hits,
+            p.misses,
+            p.rss_bytes as f64 / 1048576.0
+        );
     }
     out
 }

@@ -25,6 +25,13 @@ pub async fn serve(g: &Global, a: ServeArgs, data_dir: &Path) -> Result<()> {
     cfg.accel = a.accel.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg)?;
     cfg.boot_timeout = Duration::from_secs(a.boot_timeout);
     cfg.fork_memory = a.fork_memory.parse().map_err(anyhow::Error::msg)?;
+    let network: tine_manager::network::NetworkMode = a.network.parse().map_err(anyhow::Error::msg)?;
+    cfg.network = tine_manager::network::NetworkOptions {
+        enabled: network == tine_manager::network::NetworkMode::Default,
+        subnet: a.subnet,
+        bridge: a.bridge,
+        dns: a.dns,
+    };
     let hv = Arc::new(Qemu::new(a.qemu));
     let mgr = Manager::open(cfg, hv).await.context("cannot open the data directory")?;
     if let Some(w) = &mgr.accel().warning {

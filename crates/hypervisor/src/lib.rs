@@ -39,6 +39,19 @@ pub struct VmSpec {
     /// Guest RAM backing file.
     pub memory_file: PathBuf,
     pub accel: Accel,
+    /// A virtio-net NIC on a host TAP device, or none.
+    pub network: Option<NetDevice>,
+}
+
+/// A NIC backed by an existing host TAP device (the caller creates it and
+/// attaches it to a bridge). After a restore the device's MAC is the one in
+/// the saved state, not `mac`: the guest keeps the MAC it had until told
+/// otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetDevice {
+    pub tap: String,
+    /// `aa:bb:cc:dd:ee:ff`
+    pub mac: String,
 }
 
 /// How guest RAM maps its backing file.
@@ -132,7 +145,21 @@ pub trait Hypervisor: Send + Sync {
 
     /// Start a VM process. Returns once its vCPUs run (fresh boot: the
     /// kernel is starting; restore: the saved state is loaded and resumed).
-    async fn start(&self, spec: &VmSpec, boot: Boot) -> Result<VmProcess, HvError>;
+    async fn start(&self, spec: &VmSpec, boot: Boot) -> Result<VmProcess, HvError> {
+        let proc = self.prestart(spec, &boot).await?;
+        if matches!(boot, Boot::Restore { .. }) {
+            self.load(&spec.run_dir, &proc, &boot).await?;
+        }
+        Ok(proc)
+    }
+
+    /// Start the VM process; for a restore, leave it waiting for its state
+    /// (so a warm pool can start processes ahead of a fork request).
+    async fn prestart(&self, spec: &VmSpec, boot: &Boot) -> Result<VmProcess, HvError>;
+
+    /// Load a prestarted VM's saved state and resume it. On failure the
+    /// process is killed.
+    async fn load(&self, run_dir: &Path, proc: &VmProcess, boot: &Boot) -> Result<(), HvError>;
 
     /// Paths of the agent socket and console log for a spec.
     fn endpoints(&self, run_dir: &Path) -> VmEndpoints;

@@ -88,6 +88,10 @@ pub(crate) async fn sync(slot: &AgentSlot) -> Result<(), AgentError> {
     slot.get().await?.sync().await
 }
 
+pub(crate) async fn configure_network(slot: &AgentSlot, cfg: &tine_agent_proto::NetworkConfig) -> Result<(), AgentError> {
+    slot.get().await?.configure_network(cfg).await
+}
+
 pub(crate) async fn set_clock(slot: &AgentSlot) -> Result<(), AgentError> {
     slot.get().await?.sync_clock().await
 }

@@ -152,7 +152,10 @@ impl Manager {
         }
         let (src, dst) = (snap.dir.clone(), slot.dir.clone());
         let standby = srec.kind == SnapshotKind::Standby;
-        blocking(move || {
+        // Saved device state fixes whether there is a NIC; a boot does not.
+        let nic = if standby { srec.network } else { rec.network.is_some() };
+        let (network, dropped) = self.network_for_state(&rec, nic)?;
+        let copied = blocking(move || {
             let tmp = dst.join("restore.tmp");
             let _ = std::fs::remove_dir_all(&tmp);
             std::fs::create_dir(&tmp).map_err(|e| ManagerError::io("create restore directory", e))?;
@@ -175,7 +178,13 @@ impl Manager {
             let _ = std::fs::remove_dir_all(&tmp);
             Ok(())
         })
-        .await?;
+        .await;
+        if let Err(e) = copied {
+            if rec.network.is_none() {
+                self.network_release(network.as_ref()).await;
+            }
+            return Err(e);
+        }
         slot.update(|r| {
             r.state = if standby { State::Standby } else { State::Stopped };
             r.process = None;
@@ -187,7 +196,9 @@ impl Manager {
             r.ram_in_state = srec.ram_in_state;
             r.state_digest = srec.state_digest;
             r.parent = Some(srec.name.clone());
+            r.network = network.clone();
         })?;
+        self.network_release(dropped.as_ref()).await;
         Ok(slot.info())
     }
 }

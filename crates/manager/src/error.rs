@@ -21,6 +21,8 @@ pub enum ManagerError {
     Busy { name: String, detail: String },
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
     #[error("hypervisor")]
     Hypervisor(#[from] tine_hypervisor::HvError),
     #[error("guest agent of {name:?}")]

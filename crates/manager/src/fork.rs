@@ -66,7 +66,8 @@ pub struct ForkRequest {
     pub source: String,
     #[serde(default)]
     pub from: ForkFrom,
-    /// Name of the fork; with `count` > 1 the forks are NAME-1 … NAME-N.
+    /// Name of the fork; with `count` > 1 the forks are NAME-1 … NAME-N,
+    /// unless the name contains `{i}`, which is replaced by 1 … N.
     pub name: Option<String>,
     #[serde(default)]
     pub count: Option<u32>,
@@ -104,17 +105,24 @@ pub struct ForkReport {
 
 /// The parked files forks are made from.
 pub(crate) struct Base {
-    dir: PathBuf,
-    label: String,
-    image: String,
-    memory_mib: u32,
-    vcpus: u32,
-    accel: Accel,
+    pub(crate) dir: PathBuf,
+    pub(crate) label: String,
+    pub(crate) image: String,
+    pub(crate) memory_mib: u32,
+    pub(crate) vcpus: u32,
+    pub(crate) accel: Accel,
     /// Device state present (a stopped-kind snapshot has only a disk).
-    has_state: bool,
-    ram_in_state: bool,
-    template: Option<String>,
-    state_digest: Option<crate::integrity::StateDigest>,
+    pub(crate) has_state: bool,
+    pub(crate) ram_in_state: bool,
+    pub(crate) template: Option<String>,
+    pub(crate) state_digest: Option<crate::integrity::StateDigest>,
+    /// The source has a NIC; its forks must too (same device layout).
+    pub(crate) network: bool,
+    /// The request's source and kind, and what identifies this exact
+    /// parked state (warm-pool entries are only valid for the same key).
+    pub(crate) from: ForkFrom,
+    pub(crate) source: String,
+    pub(crate) key: String,
     /// A staging directory to delete when done (fork from running).
     staging: Option<PathBuf>,
     /// Keeps a snapshot/template from being removed while forks are made.
@@ -122,8 +130,16 @@ pub(crate) struct Base {
 }
 
 impl Base {
-    fn of_instance(dir: PathBuf, r: &InstanceRecord, staging: Option<PathBuf>) -> Base {
+    fn of_instance(dir: PathBuf, r: &InstanceRecord, staging: Option<PathBuf>, source: &str) -> Base {
+        // A standby's digest changes with every standby: a new parked state.
+        let key = match &staging {
+            Some(s) => format!("staging:{}", s.display()),
+            None => format!("instance:{}:{:?}", r.id, r.state_digest.map(|d| d.crc32)),
+        };
         Base {
+            from: ForkFrom::Instance,
+            source: source.to_string(),
+            key,
             dir,
             label: r.name.clone(),
             image: r.image.clone(),
@@ -134,6 +150,7 @@ impl Base {
             ram_in_state: r.ram_in_state,
             template: None,
             state_digest: r.state_digest,
+            network: r.network.is_some(),
             staging,
             _hold: None,
         }
@@ -157,6 +174,16 @@ impl Base {
 
 impl Manager {
     pub async fn fork(self: &Arc<Self>, req: ForkRequest) -> Result<ForkReport, ManagerError> {
+        self.fork_with_progress(req, None).await
+    }
+
+    /// Like [`fork`](Self::fork), sending each fork's outcome on `progress`
+    /// as soon as it is known (for a CLI progress display).
+    pub async fn fork_with_progress(
+        self: &Arc<Self>,
+        req: ForkRequest,
+        progress: Option<tokio::sync::mpsc::Sender<ForkOutcome>>,
+    ) -> Result<ForkReport, ManagerError> {
         let t0 = Instant::now();
         let names = self.fork_names(&req)?;
         let (base, pause_ms) = self.fork_base(&req).await?;
@@ -172,10 +199,14 @@ impl Manager {
         let mut tasks = Vec::new();
         for name in names {
             let (mgr, base, image, sem) = (self.clone(), base.clone(), image.clone(), sem.clone());
-            let target = req.target;
+            let (target, progress) = (req.target, progress.clone());
             tasks.push(tokio::spawn(async move {
                 let _permit = sem.acquire().await.expect("semaphore");
-                mgr.fork_one(&base, &image, name, target, t0).await
+                let out = mgr.fork_one(&base, &image, name, target, t0).await;
+                if let Some(p) = progress {
+                    let _ = p.send(out.clone()).await;
+                }
+                out
             }));
         }
         let mut forks = Vec::new();
@@ -204,8 +235,17 @@ impl Manager {
             Some(n) => n.clone(),
             None => format!("{}-fork-{}", req.source, &names::new_id()[..4]),
         };
-        let names: Vec<String> =
-            if count == 1 { vec![base] } else { (1..=count).map(|i| format!("{base}-{i}")).collect() };
+        // NAME-i, or a template with {i} placed where the caller wants it.
+        let names: Vec<String> = if base.contains("{i}") {
+            (1..=count).map(|i| base.replace("{i}", &i.to_string())).collect()
+        } else if count == 1 {
+            vec![base]
+        } else {
+            (1..=count).map(|i| format!("{base}-{i}")).collect()
+        };
+        if names.iter().collect::<std::collections::HashSet<_>>().len() != names.len() {
+            return Err(ManagerError::InvalidArgument("the name template gives duplicate names".into()));
+        }
         for n in &names {
             names::validate_name(n).map_err(ManagerError::InvalidArgument)?;
             if self.slot(n).is_ok() {
@@ -216,7 +256,7 @@ impl Manager {
     }
 
     /// Fix the files forks are made from.
-    async fn fork_base(self: &Arc<Self>, req: &ForkRequest) -> Result<(Base, Option<f64>), ManagerError> {
+    pub(crate) async fn fork_base(self: &Arc<Self>, req: &ForkRequest) -> Result<(Base, Option<f64>), ManagerError> {
         match req.from {
             ForkFrom::Instance => self.instance_base(req).await,
             ForkFrom::Snapshot | ForkFrom::Template => {
@@ -226,6 +266,9 @@ impl Manager {
                 snap.ensure_raw_memory().await?;
                 let r = snap.record();
                 let base = Base {
+                    from: req.from,
+                    source: req.source.clone(),
+                    key: format!("snapshot:{}", r.id),
                     dir: snap.dir.clone(),
                     label: r.name.clone(),
                     image: r.image,
@@ -236,6 +279,7 @@ impl Manager {
                     ram_in_state: r.ram_in_state,
                     template: template.then_some(r.id),
                     state_digest: r.state_digest,
+                    network: r.network,
                     staging: None,
                     _hold: Some(hold),
                 };
@@ -265,14 +309,14 @@ impl Manager {
                 info!(name = rec.name, "materializing the memory file of a parked fork before forking it");
                 self.restore_locked(&slot).await?;
                 self.standby_locked(&slot).await?;
-                Ok((Base::of_instance(slot.dir.clone(), &slot.record(), None), None))
+                Ok((Base::of_instance(slot.dir.clone(), &slot.record(), None, &req.source), None))
             }
-            State::Standby => Ok((Base::of_instance(slot.dir.clone(), &rec, None), None)),
+            State::Standby => Ok((Base::of_instance(slot.dir.clone(), &rec, None, &req.source), None)),
             State::Running | State::Paused if req.from_running => {
                 let staging = self.cfg.data_dir.join("staging").join(names::new_id());
                 std::fs::create_dir_all(&staging).map_err(|e| ManagerError::io("create staging directory", e))?;
                 match self.capture(&slot, &rec, &staging, SnapshotKind::Standby).await {
-                    Ok(c) => Ok((Base::of_instance(staging.clone(), &rec, Some(staging)), c.pause_ms)),
+                    Ok(c) => Ok((Base::of_instance(staging.clone(), &rec, Some(staging), &req.source), c.pause_ms)),
                     Err(e) => {
                         let _ = remove_dir(&staging);
                         Err(e)
@@ -299,11 +343,39 @@ impl Manager {
         t0: Instant,
     ) -> ForkOutcome {
         let mut out = ForkOutcome { name: name.clone(), instance: None, error: None, running_ms: None, ready_ms: None };
+        if target == ForkTarget::Running && base.has_state {
+            if let Some((slot, proc, boot)) = self.pool_take(base) {
+                match self.claim(slot, proc, boot, &name, t0).await {
+                    Ok((slot, times)) => {
+                        let _ = std::fs::remove_file(slot.dir.join(STATE_FILE));
+                        let _ = slot.update(|r| r.ram_in_state = false);
+                        out.running_ms = Some(times.running_ms);
+                        out.ready_ms = Some(times.ready_ms);
+                        out.instance = Some(slot.info());
+                    }
+                    Err((slot, e)) => {
+                        warn!(name, error = %chain(&e), "pooled fork failed; removing it");
+                        self.discard(&slot).await;
+                        out.error = Some(chain(&e));
+                    }
+                }
+                return out;
+            }
+        }
         // Without device state the fork boots fresh and owns its RAM file.
         let memory = if base.has_state { MemoryMapping::Private } else { MemoryMapping::Shared };
+        let id = names::new_id();
+        // A new address and MAC: the guest is told them before it is ready.
+        let network = match self.network_lease_if(base.network, &id) {
+            Ok(l) => l,
+            Err(e) => {
+                out.error = Some(chain(&e));
+                return out;
+            }
+        };
         let record = InstanceRecord {
             schema: SCHEMA,
-            id: names::new_id(),
+            id,
             name: name.clone(),
             state: State::Created,
             image: base.image.clone(),
@@ -320,10 +392,13 @@ impl Manager {
             template: base.template.clone(),
             pending_standby: false,
             state_digest: base.state_digest,
+            pooled: false,
+            network: network.clone(),
         };
         let slot = match self.reserve(record) {
             Ok(s) => s,
             Err(e) => {
+                self.network_release(network.as_ref()).await;
                 out.error = Some(chain(&e));
                 return out;
             }
@@ -383,7 +458,7 @@ impl Manager {
     }
 
     /// Disk (and device state) copied, memory file linked.
-    async fn fork_files(&self, base: &Base, dst: &Path, with_state: bool) -> Result<(), ManagerError> {
+    pub(crate) async fn fork_files(&self, base: &Base, dst: &Path, with_state: bool) -> Result<(), ManagerError> {
         let (src, dst) = (base.dir.clone(), dst.to_path_buf());
         let mode = self.cfg.fork_memory;
         blocking(move || {

@@ -18,8 +18,10 @@ pub mod fork;
 pub mod image;
 mod memfile;
 pub mod names;
+pub mod network;
 mod ops;
 pub mod record;
+mod pool;
 mod recover;
 mod snapshot;
 mod standby;
@@ -34,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use tine_hypervisor::{AccelChoice, Hypervisor};
 
 pub use error::ManagerError;
+pub use pool::{PoolInfo, PoolSpec};
 pub use fork::{ForkFrom, ForkOutcome, ForkReport, ForkRequest, ForkTarget};
 pub use snapshot::{CompressState, Compression, SnapshotInfo, SnapshotKind, SnapshotRecord, SnapshotRequest};
 pub use tine_hypervisor::{Accel, HvError};
@@ -57,6 +60,8 @@ pub struct Config {
     /// How forks get their memory file. `Link` is tine's design; the others
     /// exist so benchmarks can compare against them in one run.
     pub fork_memory: ForkMemory,
+    /// Bridge, subnet and DNS for instances' networks.
+    pub network: network::NetworkOptions,
 }
 
 /// How a fork gets its memory file.
@@ -87,7 +92,14 @@ impl std::str::FromStr for ForkMemory {
 impl Config {
     pub fn new(data_dir: PathBuf) -> Config {
         let images_dir = data_dir.join("images");
-        Config { data_dir, images_dir, accel: None, boot_timeout: Duration::from_secs(180), fork_memory: ForkMemory::Link }
+        Config {
+            data_dir,
+            images_dir,
+            accel: None,
+            boot_timeout: Duration::from_secs(180),
+            fork_memory: ForkMemory::Link,
+            network: network::NetworkOptions::default(),
+        }
     }
 }
 
@@ -99,6 +111,9 @@ pub struct RunRequest {
     pub vcpus: Option<u32>,
     pub image: Option<String>,
     pub accel: Option<Accel>,
+    /// `None`: the daemon's default (a network unless it runs without).
+    #[serde(default)]
+    pub network: Option<network::NetworkMode>,
 }
 
 /// What clients see of an instance.
@@ -116,6 +131,9 @@ pub struct InstanceInfo {
     pub error: Option<String>,
     pub boot_ms: Option<f64>,
     pub dir: PathBuf,
+    /// Address, MAC and TAP (none: no network).
+    #[serde(default)]
+    pub network: Option<network::Lease>,
 }
 
 struct Slot {
@@ -147,6 +165,7 @@ impl Slot {
             error: r.error,
             boot_ms: r.boot_ms,
             dir: self.dir.clone(),
+            network: r.network,
         }
     }
 
@@ -168,6 +187,8 @@ pub struct Manager {
     accel: AccelChoice,
     slots: RwLock<HashMap<String, Arc<Slot>>>,
     snaps: RwLock<HashMap<String, Arc<snapshot::SnapSlot>>>,
+    pools: pool::Pools,
+    net: network::Network,
 }
 
 impl Manager {
@@ -180,8 +201,11 @@ impl Manager {
         std::fs::create_dir_all(cfg.data_dir.join("instances"))
             .map_err(|e| ManagerError::io(format!("create {}", cfg.data_dir.display()), e))?;
         let snaps = snapshot::load_store(&cfg.data_dir.join("snapshots"))?;
-        let mgr = Arc::new(Manager { cfg, hv, accel, slots: RwLock::new(HashMap::new()), snaps: RwLock::new(snaps) });
+        let net = network::Network::open(&cfg.network, &cfg.data_dir)?;
+        let mgr = Arc::new(Manager { cfg, hv, accel, slots: RwLock::new(HashMap::new()), snaps: RwLock::new(snaps), pools: Default::default(), net });
         recover::load_all(&mgr).await?;
+        mgr.network_recover().await?;
+        mgr.load_pools();
         Ok(mgr)
     }
 
@@ -199,8 +223,14 @@ impl Manager {
     }
 
     pub fn list(&self) -> Vec<InstanceInfo> {
-        let mut v: Vec<InstanceInfo> =
-            self.slots.read().expect("slots").values().map(|s| s.info()).collect();
+        let mut v: Vec<InstanceInfo> = self
+            .slots
+            .read()
+            .expect("slots")
+            .values()
+            .filter(|s| !s.rec.lock().expect("rec").pooled)
+            .map(|s| s.info())
+            .collect();
         v.sort_by(|a, b| (a.created_at, &a.name).cmp(&(b.created_at, &b.name)));
         v
     }
@@ -217,11 +247,12 @@ impl Manager {
 
     fn slot(&self, name_or_id: &str) -> Result<Arc<Slot>, ManagerError> {
         let slots = self.slots.read().expect("slots");
-        if let Some(s) = slots.values().find(|s| s.rec.lock().expect("rec").name == name_or_id) {
+        let visible = |s: &&Arc<Slot>| !s.rec.lock().expect("rec").pooled;
+        if let Some(s) = slots.values().filter(visible).find(|s| s.rec.lock().expect("rec").name == name_or_id) {
             return Ok(s.clone());
         }
         if names::looks_like_id(name_or_id) {
-            if let Some(s) = slots.get(name_or_id) {
+            if let Some(s) = slots.get(name_or_id).filter(visible) {
                 return Ok(s.clone());
             }
         }

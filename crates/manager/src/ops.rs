@@ -36,6 +36,7 @@ impl Manager {
             }
             None => format!("vm-{}", &id[..6]),
         };
+        let network = self.network_lease(req.network, &id)?;
         let record = InstanceRecord {
             schema: SCHEMA,
             id: id.clone(),
@@ -55,8 +56,16 @@ impl Manager {
             template: None,
             pending_standby: false,
             state_digest: None,
+            pooled: false,
+            network: network.clone(),
         };
-        let slot = self.reserve(record)?;
+        let slot = match self.reserve(record) {
+            Ok(s) => s,
+            Err(e) => {
+                self.network_release(network.as_ref()).await;
+                return Err(e);
+            }
+        };
         let guard = slot.op.lock().await;
         let result = self.create_and_boot(&slot, &image).await;
         drop(guard);
@@ -111,10 +120,26 @@ impl Manager {
         let rec = slot.record();
         let spec = self.spec(slot, &rec, image);
         memfile::prepare(&spec.memory_file, &boot, rec.memory_mib)?;
+        self.network_prepare(&rec).await?;
         let restoring = matches!(boot, Boot::Restore { .. });
         let t0 = Instant::now();
         let proc = self.hv.start(&spec, boot).await?;
         let running_ms = ms(t0);
+        self.finish_boot(slot, proc, t0, running_ms, identity, restoring).await
+    }
+
+    /// Everything after the VM's vCPUs run: record the process, watch it,
+    /// wait for the agent, clock/identity, commit. `t0` is when timing began.
+    pub(crate) async fn finish_boot(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        proc: VmProcess,
+        t0: Instant,
+        running_ms: f64,
+        identity: Option<agent::Identity>,
+        restoring: bool,
+    ) -> Result<BootTimes, ManagerError> {
+        let rec = slot.record();
         // A new instance (run, fork) stays Created until it is ready, so a
         // daemon crash before then leaves nothing that looks finished: the
         // restart kills its VM and removes it.
@@ -136,12 +161,20 @@ impl Manager {
                 chain(&e)
             )));
         }
+        // The guest takes its network identity (a fork: its own, not its
+        // source's) before it is reported ready.
+        let network = self.network_up(slot, &rec);
         if let Some(id) = identity {
-            agent::make_unique(&slot.agent, &id).await.map_err(|e| self.agent_err(slot, e))?;
-        } else if restoring {
-            if let Err(e) = agent::set_clock(&slot.agent).await {
-                warn!(error = %chain(&e), "could not correct the guest clock");
+            let (unique, network) = tokio::join!(agent::make_unique(&slot.agent, &id), network);
+            unique.map_err(|e| self.agent_err(slot, e))?;
+            network?;
+        } else {
+            if restoring {
+                if let Err(e) = agent::set_clock(&slot.agent).await {
+                    warn!(error = %chain(&e), "could not correct the guest clock");
+                }
             }
+            network.await?;
         }
         crate::failpoint::hit("boot-ready", &rec.name)?;
         let ready_ms = ms(t0);
@@ -153,7 +186,7 @@ impl Manager {
         Ok(BootTimes { running_ms, ready_ms })
     }
 
-    fn spec(&self, slot: &Slot, rec: &InstanceRecord, image: &Image) -> VmSpec {
+    pub(crate) fn spec(&self, slot: &Slot, rec: &InstanceRecord, image: &Image) -> VmSpec {
         VmSpec {
             run_dir: slot.dir.clone(),
             memory_mib: rec.memory_mib,
@@ -164,6 +197,7 @@ impl Manager {
             root_disk: slot.dir.join(ROOT_DISK),
             memory_file: slot.dir.join(MEMORY_FILE),
             accel: rec.accel,
+            network: rec.network.as_ref().map(|l| tine_hypervisor::NetDevice { tap: l.tap.clone(), mac: l.mac.clone() }),
         }
     }
 
@@ -250,10 +284,13 @@ impl Manager {
         let _g = slot.op.lock().await;
         let rec = slot.record();
         self.transition(&rec, if force { Op::ForceRemove } else { Op::Remove })?;
+        self.pool_invalidate(crate::ForkFrom::Instance, &rec.name).await;
+        self.pool_invalidate(crate::ForkFrom::Instance, &rec.id).await;
         self.halt(&slot, &rec).await?;
         let info = slot.info();
         self.slots.write().expect("slots").remove(&slot.id);
         remove_dir(&slot.dir)?;
+        self.network_release(rec.network.as_ref()).await;
         Ok(info)
     }
 
@@ -317,8 +354,10 @@ impl Manager {
         let rec = slot.record();
         let _ = self.halt(slot, &rec).await;
         self.slots.write().expect("slots").remove(&slot.id);
-        if let Err(e) = remove_dir(&slot.dir) {
-            warn!(error = %chain(&e), "could not remove {}", slot.dir.display());
+        match remove_dir(&slot.dir) {
+            // The record still names the address: keep it taken.
+            Err(e) => warn!(error = %chain(&e), "could not remove {}", slot.dir.display()),
+            Ok(()) => self.network_release(rec.network.as_ref()).await,
         }
     }
 }

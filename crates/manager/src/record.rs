@@ -52,6 +52,12 @@ pub struct InstanceRecord {
     /// Digest of the parked device state, checked before it is loaded.
     #[serde(default)]
     pub state_digest: Option<crate::integrity::StateDigest>,
+    /// A warm-pool entry: hidden until a fork claims it.
+    #[serde(default)]
+    pub pooled: bool,
+    /// Address, MAC and TAP; the record is the lease (see `network/`).
+    #[serde(default)]
+    pub network: Option<crate::network::Lease>,
 }
 
 fn shared() -> MemoryMapping {
@@ -133,6 +139,14 @@ mod tests {
             template: Some("0123456789ab".into()),
             pending_standby: false,
             state_digest: Some(crate::integrity::StateDigest { bytes: 3, crc32: 9 }),
+            pooled: false,
+            network: Some(crate::network::Lease {
+                ip: std::net::Ipv4Addr::new(10, 209, 0, 2),
+                prefix: 16,
+                gateway: std::net::Ipv4Addr::new(10, 209, 0, 1),
+                mac: "02:74:0a:d1:00:02".into(),
+                tap: "tn0123456789ab".into(),
+            }),
         }
     }
 

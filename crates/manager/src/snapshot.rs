@@ -84,6 +84,10 @@ pub struct SnapshotRecord {
     /// Digest of the device state, checked before forks or restores load it.
     #[serde(default)]
     pub state_digest: Option<crate::integrity::StateDigest>,
+    /// The source had a NIC: forks get one (and a lease) so their device
+    /// layout matches the saved state.
+    #[serde(default)]
+    pub network: bool,
 }
 
 /// What clients see of a snapshot or template.
@@ -217,7 +221,13 @@ impl Manager {
 
     pub(crate) fn template_forks(&self, template_id: &str) -> usize {
         let slots = self.slots.read().expect("slots");
-        slots.values().filter(|s| s.rec.lock().expect("rec").template.as_deref() == Some(template_id)).count()
+        slots
+            .values()
+            .filter(|s| {
+                let r = s.rec.lock().expect("rec");
+                !r.pooled && r.template.as_deref() == Some(template_id)
+            })
+            .count()
     }
 
     pub fn snapshots(&self, templates: bool) -> Vec<SnapshotInfo> {
@@ -274,6 +284,7 @@ impl Manager {
                 ram_in_state: captured.ram_in_state,
                 created_at: now_unix(),
                 compression: Compression::default(),
+                network: rec.network.is_some(),
                 state_digest: match staging.join(crate::ops::STATE_FILE).exists() {
                     true => Some(crate::integrity::digest(&staging.join(crate::ops::STATE_FILE))?),
                     false => None,
@@ -355,8 +366,12 @@ impl Manager {
         Ok(self.snap_info(&snap))
     }
 
-    pub async fn snapshot_remove(&self, name: &str, template: bool) -> Result<SnapshotInfo, ManagerError> {
+    pub async fn snapshot_remove(self: &Arc<Self>, name: &str, template: bool) -> Result<SnapshotInfo, ManagerError> {
         let snap = self.snap(name, template)?;
+        let from = if template { crate::ForkFrom::Template } else { crate::ForkFrom::Snapshot };
+        let rec = snap.record();
+        self.pool_invalidate(from, &rec.name).await;
+        self.pool_invalidate(from, &rec.id).await;
         let _w = snap.op.write().await;
         let info = self.snap_info(&snap);
         if template && info.forks > 0 {

@@ -109,6 +109,9 @@ impl Manager {
     /// their inode); a fork maps its shared file privately (copy-on-write).
     pub(crate) async fn restore_locked(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<(), ManagerError> {
         let rec = slot.record();
+        // Warm forks of this parked state would outlive it: drop them.
+        self.pool_invalidate(crate::ForkFrom::Instance, &rec.name).await;
+        self.pool_invalidate(crate::ForkFrom::Instance, &rec.id).await;
         let state_file = slot.dir.join(STATE_FILE);
         if !state_file.is_file() || (!rec.ram_in_state && !slot.dir.join(MEMORY_FILE).is_file()) {
             return Err(ManagerError::Failed(format!(

@@ -86,6 +86,18 @@ pub fn build(spec: &VmSpec, boot: &Boot) -> Vec<String> {
         format!("socket,id=agent,path={},server=on,wait=off", esc(&run.join(AGENT_SOCKET))),
         "-device".into(),
         format!("virtserialport,chardev=agent,name={AGENT_PORT_NAME}"),
+    ];
+    if let Some(net) = &spec.network {
+        // After the agent port, so the virtio-mmio layout of a VM without a
+        // NIC is what it was before NICs existed (saved states stay loadable).
+        args.extend([
+            "-netdev".into(),
+            format!("tap,id=net0,ifname={},script=no,downscript=no", net.tap),
+            "-device".into(),
+            format!("virtio-net-device,netdev=net0,mac={}", net.mac),
+        ]);
+    }
+    args.extend([
         "-qmp".into(),
         format!("unix:{},server=on,wait=off", esc(&run.join(QMP_SOCKET))),
         // -D keeps stderr open after -daemonize (QEMU only redirects it to
@@ -95,7 +107,7 @@ pub fn build(spec: &VmSpec, boot: &Boot) -> Vec<String> {
         "-daemonize".into(),
         "-pidfile".into(),
         p(&run.join(PID_FILE)),
-    ];
+    ]);
     if matches!(boot, Boot::Restore { .. }) {
         args.push("-incoming".into());
         args.push("defer".into());
@@ -119,6 +131,7 @@ mod tests {
             root_disk: "/d/overlay.qcow2".into(),
             memory_file: "/d/mem,ory".into(),
             accel,
+            network: None,
         }
     }
 
@@ -139,6 +152,25 @@ mod tests {
         let a = joined(&build(&spec(Accel::Tcg), &boot));
         assert!(a.contains("share=off"));
         assert!(a.ends_with("-incoming defer"));
+    }
+
+    #[test]
+    fn a_nic_is_a_virtio_net_device_on_its_tap_after_the_agent_port() {
+        let mut s = spec(Accel::Tcg);
+        s.network = Some(crate::NetDevice { tap: "tn0123456789ab".into(), mac: "02:74:0a:d1:00:02".into() });
+
+        let a = joined(&build(&s, &Boot::Fresh));
+
+        let netdev = "-netdev tap,id=net0,ifname=tn0123456789ab,script=no,downscript=no \
+                      -device virtio-net-device,netdev=net0,mac=02:74:0a:d1:00:02";
+        assert!(a.contains(netdev), "{a}");
+        assert!(a.find("virtserialport").unwrap() < a.find("virtio-net-device").unwrap());
+    }
+
+    #[test]
+    fn no_network_means_no_nic() {
+        let a = joined(&build(&spec(Accel::Tcg), &Boot::Fresh));
+        assert!(!a.contains("-netdev") && !a.contains("virtio-net"));
     }
 
     #[test]

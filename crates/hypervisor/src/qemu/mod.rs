@@ -82,7 +82,9 @@ async fn set_ignore_shared(q: &mut Qmp, on: bool) -> Result<(), HvError> {
 
 async fn wait_migration(q: &mut Qmp, what: &'static str) -> Result<(), HvError> {
     let start = Instant::now();
-    let mut nap = Duration::from_micros(200);
+    // A device-state load takes a few ms: poll finely at first (a QMP
+    // round trip is ~0.1 ms), then back off for long RAM-carrying streams.
+    let mut nap = Duration::from_micros(100);
     loop {
         let info = q.execute("query-migrate", None).await?;
         match info.get("status").and_then(|s| s.as_str()) {
@@ -101,7 +103,9 @@ async fn wait_migration(q: &mut Qmp, what: &'static str) -> Result<(), HvError> 
             return Err(HvError::Timeout(MIGRATE_TIMEOUT, what));
         }
         tokio::time::sleep(nap).await;
-        nap = (nap * 2).min(Duration::from_millis(20));
+        if start.elapsed() > Duration::from_millis(20) {
+            nap = (nap * 2).min(Duration::from_millis(20));
+        }
     }
 }
 
@@ -154,7 +158,7 @@ impl Hypervisor for Qemu {
         }
     }
 
-    async fn start(&self, spec: &VmSpec, boot: Boot) -> Result<VmProcess, HvError> {
+    async fn prestart(&self, spec: &VmSpec, boot: &Boot) -> Result<VmProcess, HvError> {
         let binary = self
             .find_binary()
             .ok_or_else(|| HvError::BinaryMissing { binary: self.binary.display().to_string() })?;
@@ -164,7 +168,7 @@ impl Hypervisor for Qemu {
             remove_stale(&run.join(name))?;
         }
         remove_stale(&run.join(PID_FILE))?;
-        let args = cmdline::build(spec, &boot);
+        let args = cmdline::build(spec, boot);
         debug!(?args, "starting qemu");
         // With -daemonize the launcher exits once the VM is set up, reporting
         // start-up errors on stderr and leaving the VM outside our process
@@ -195,20 +199,26 @@ impl Hypervisor for Qemu {
             .trim()
             .parse()
             .map_err(|_| HvError::StartFailed { stderr: format!("bad pid file: {pid_text:?}") })?;
-        let proc = VmProcess::of_pid(pid).map_err(|_| HvError::StartFailed {
-            stderr: "QEMU exited right after start".into(),
-        })?;
-        if let Boot::Restore { state_file, ram_in_state, .. } = &boot {
-            if let Err(e) = Self::incoming(run, state_file, *ram_in_state).await {
-                kill(&proc);
-                let log = read_from(&log_path, log_start);
-                return Err(match e {
-                    HvError::QmpProtocol(m) if !log.is_empty() => HvError::StartFailed { stderr: format!("{m}; QEMU said: {log}") },
-                    e => e,
-                });
-            }
+        VmProcess::of_pid(pid).map_err(|_| HvError::StartFailed { stderr: "QEMU exited right after start".into() })
+    }
+
+    async fn load(&self, run_dir: &Path, proc: &VmProcess, boot: &Boot) -> Result<(), HvError> {
+        let Boot::Restore { state_file, ram_in_state, .. } = boot else {
+            return Ok(());
+        };
+        let log_path = run_dir.join(QEMU_LOG);
+        let log_start = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
+        if let Err(e) = Self::incoming(run_dir, state_file, *ram_in_state).await {
+            kill(proc);
+            // Give QEMU a moment to write why it died.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let log = read_from(&log_path, log_start);
+            return Err(match e {
+                HvError::QmpProtocol(m) if !log.is_empty() => HvError::StartFailed { stderr: format!("{m}; QEMU said: {log}") },
+                e => e,
+            });
         }
-        Ok(proc)
+        Ok(())
     }
 
     fn endpoints(&self, run_dir: &Path) -> VmEndpoints {

@@ -1,0 +1,105 @@
+//! Warm pools: forks claimed from pre-started VMs behave like any fork.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+
+fn wait_ready(d: &Daemon, want: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let pools = d.json(&["pool", "ls"]);
+        let p = pools[0].clone();
+        if p["ready"].as_u64() == Some(want) {
+            return p;
+        }
+        assert!(Instant::now() < deadline, "pool never filled: {pools:#}\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn forks_claim_warm_entries_continue_the_source_and_the_pool_refills() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "hot"]);
+    d.sh("hot", "echo parked > /run/p");
+    d.ok(&["standby", "hot"]);
+    d.ok(&["pool", "set", "hot", "--size", "2"]);
+    wait_ready(&d, 2);
+    assert_eq!(d.json(&["ps"]).as_array().unwrap().len(), 1, "pool entries are hidden");
+
+    let report = d.json(&["fork", "hot", "--name", "w", "--count", "2"]);
+
+    assert_eq!(report["ok"], 2);
+    let pool = wait_ready(&d, 2);
+    assert_eq!(pool["hits"], 2);
+    for f in ["w-1", "w-2"] {
+        assert_eq!(d.sh(f, "cat /run/p; hostname"), format!("parked\n{f}\n"));
+    }
+    let ids: Vec<String> = ["w-1", "w-2"].iter().map(|f| d.sh(f, "cat /etc/machine-id")).collect();
+    assert_ne!(ids[0], ids[1]);
+}
+
+#[test]
+fn a_new_parked_state_of_the_source_replaces_the_pool_entries() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "src"]);
+    d.sh("src", "echo one > /run/v");
+    d.ok(&["standby", "src"]);
+    d.ok(&["pool", "set", "src", "--size", "1"]);
+    wait_ready(&d, 1);
+
+    d.ok(&["restore", "src"]);
+    d.sh("src", "echo two > /run/v");
+    d.ok(&["standby", "src"]);
+    d.ok(&["fork", "src", "--name", "after"]);
+
+    assert_eq!(d.sh("after", "cat /run/v"), "two\n", "never a fork of the stale state");
+}
+
+#[test]
+fn template_pool_entries_do_not_count_as_forks_and_removal_drains_them() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "t"]);
+    d.ok(&["standby", "t"]);
+    d.ok(&["template", "promote", "t"]);
+    d.ok(&["pool", "set", "t", "--template", "--size", "2"]);
+    wait_ready(&d, 2);
+
+    assert_eq!(d.json(&["template", "inspect", "t"])["forks"], 0);
+    d.ok(&["fork", "--template", "t", "--name", "tf"]);
+    assert_eq!(d.json(&["template", "inspect", "t"])["forks"], 1);
+    d.ok(&["rm", "-f", "tf"]);
+    d.ok(&["template", "rm", "t"]);
+    assert_eq!(common::qemu_processes(&d), 0, "waiting VMs of the pool were stopped");
+}
+
+#[test]
+fn pools_come_back_after_a_daemon_restart() {
+    let mut d = Daemon::start();
+    d.ok(&["run", "--name", "p"]);
+    d.ok(&["standby", "p"]);
+    d.ok(&["pool", "set", "p", "--size", "1"]);
+    wait_ready(&d, 1);
+
+    d.restart();
+
+    wait_ready(&d, 1);
+    assert_eq!(common::qemu_processes(&d), 1, "the old entry's VM was replaced, not leaked");
+    d.ok(&["fork", "p", "--name", "pf"]);
+    assert_eq!(d.json(&["pool", "ls"])[0]["hits"], 1);
+}
+
+#[test]
+fn bad_pool_requests_are_refused() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "r"]);
+
+    let err = d.fails(&["pool", "set", "r", "--size", "1"]);
+    assert!(err.contains("--from-running") || err.contains("standby"), "{err}");
+    d.ok(&["standby", "r"]);
+    assert!(d.fails(&["pool", "set", "r", "--size", "0"]).contains("out of range"));
+    assert!(d.fails(&["pool", "set", "nope", "--size", "1"]).contains("no instance named"));
+    assert!(d.fails(&["pool", "rm", "r"]).contains("pool for r"));
+}
