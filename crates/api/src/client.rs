@@ -194,6 +194,13 @@ impl Client {
         self.json(Method::POST, &format!("/v1/snapshots/{}/restore", seg(name)), Some(&req)).await
     }
 
+    /// The daemon's Prometheus metrics text.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let resp = self.send(Method::GET, "/metrics", None).await?;
+        let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Protocol(e.to_string()))?.to_bytes();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     pub async fn pools(&self) -> Result<Vec<PoolInfo>, ClientError> {
         self.json(Method::GET, "/v1/pools", None::<&()>).await
     }

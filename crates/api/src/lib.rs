@@ -7,6 +7,7 @@
 //! | method + path                              | body / query           | answer                  |
 //! |--------------------------------------------|------------------------|-------------------------|
 //! | GET `/v1/health`                           |                        | [`Health`]              |
+//! | GET `/metrics`                             |                        | Prometheus text         |
 //! | POST `/v1/system/cleanup`                  |                        | `CleanupReport`         |
 //! | GET `/v1/instances`                        |                        | `[InstanceInfo]`        |
 //! | POST `/v1/instances`                       | `RunRequest`           | 201 `InstanceInfo`      |

@@ -29,6 +29,7 @@ type Mgr = State<Arc<Manager>>;
 pub fn router(mgr: Arc<Manager>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/v1/system/cleanup", post(system_cleanup))
         .route("/v1/instances", get(list).post(run))
         .route("/v1/instances/{name}", get(inspect).delete(remove))
@@ -60,6 +61,10 @@ async fn health(State(m): Mgr) -> Json<Health> {
         accel_warning: m.accel().warning.clone(),
         instances: m.list().len(),
     })
+}
+
+async fn metrics(State(m): Mgr) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.metrics_text()).into_response()
 }
 
 async fn list(State(m): Mgr) -> Json<Vec<InstanceInfo>> {

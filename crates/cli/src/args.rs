@@ -59,6 +59,8 @@ pub enum Command {
     /// Templates: standby instances promoted to immutable fork sources.
     #[command(subcommand)]
     Template(TemplateCmd),
+    /// Print the daemon's metrics (Prometheus text).
+    Metrics,
     /// Warm pools: forks prepared ahead of requests (QEMU started, state pending).
     #[command(subcommand)]
     Pool(PoolCmd),

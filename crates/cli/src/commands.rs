@@ -71,6 +71,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Snapshot(cmd) => snapshot(&c, g.json, cmd).await?,
         Command::Template(cmd) => template(&c, g.json, cmd).await?,
         Command::Pool(cmd) => pool(&c, g.json, cmd).await?,
+        Command::Metrics => print!("{}", c.metrics().await?),
         Command::Stop { name } => show(&c.action(&name, "stop").await?),
         Command::Start { name } => show(&c.action(&name, "start").await?),
         Command::Pause { name } => show(&c.action(&name, "pause").await?),

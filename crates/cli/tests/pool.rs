@@ -39,6 +39,10 @@ fn forks_claim_warm_entries_continue_the_source_and_the_pool_refills() {
     }
     let ids: Vec<String> = ["w-1", "w-2"].iter().map(|f| d.sh(f, "cat /etc/machine-id")).collect();
     assert_ne!(ids[0], ids[1]);
+    let metrics = d.ok(&["metrics"]);
+    assert!(metrics.contains("tine_pool_hits_total 2"), "{metrics}");
+    assert!(metrics.contains("tine_forks_total 2"), "{metrics}");
+    assert!(metrics.contains("tine_fork_seconds_count{stage=\"ready\"} 2"), "{metrics}");
 }
 
 #[test]

@@ -218,6 +218,15 @@ impl Manager {
             let _ = remove_dir(staging);
         }
         let ok = forks.iter().filter(|f| f.error.is_none()).count();
+        let m = &self.metrics;
+        m.forks.fetch_add(forks.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        m.forks_failed.fetch_add((forks.len() - ok) as u64, std::sync::atomic::Ordering::Relaxed);
+        for f in &forks {
+            if let (Some(r), Some(d)) = (f.running_ms, f.ready_ms) {
+                m.fork_running.observe_ms(r);
+                m.fork_ready.observe_ms(d);
+            }
+        }
         let report =
             ForkReport { source: req.source.clone(), source_pause_ms: pause_ms, wall_ms: ms(t0), ok, failed: forks.len() - ok, forks };
         info!(source = req.source, ok, failed = report.failed, wall_ms = report.wall_ms, "fork done");
@@ -461,6 +470,7 @@ impl Manager {
     pub(crate) async fn fork_files(&self, base: &Base, dst: &Path, with_state: bool) -> Result<(), ManagerError> {
         let (src, dst) = (base.dir.clone(), dst.to_path_buf());
         let mode = self.cfg.fork_memory;
+        let metrics = self.metrics.clone();
         blocking(move || {
             let copy = |f: &str| {
                 tine_storage::copy_file(&src.join(f), &dst.join(f)).map(|_| ()).map_err(|e| ManagerError::Failed(chain(&e)))
@@ -478,8 +488,15 @@ impl Manager {
             match mode {
                 ForkMemory::Link => {
                     let report = tine_storage::share(&from, &to).map_err(|e| ManagerError::Failed(chain(&e)))?;
-                    if report.link_errno.is_some() {
-                        warn!(?report, "memory file could not be hardlinked; copied instead");
+                    match &report.link_errno {
+                        Some(errno) => {
+                            warn!(?report, "memory file could not be hardlinked; copied instead");
+                            metrics.shares_copied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            metrics.fallback(errno.name);
+                        }
+                        None => {
+                            metrics.shares_linked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                     }
                     Ok(())
                 }

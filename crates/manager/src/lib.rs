@@ -17,6 +17,7 @@ pub mod error;
 pub mod fork;
 pub mod image;
 mod memfile;
+pub mod metrics;
 pub mod names;
 pub mod network;
 mod ops;
@@ -189,6 +190,7 @@ pub struct Manager {
     snaps: RwLock<HashMap<String, Arc<snapshot::SnapSlot>>>,
     pools: pool::Pools,
     net: network::Network,
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl Manager {
@@ -202,7 +204,7 @@ impl Manager {
             .map_err(|e| ManagerError::io(format!("create {}", cfg.data_dir.display()), e))?;
         let snaps = snapshot::load_store(&cfg.data_dir.join("snapshots"))?;
         let net = network::Network::open(&cfg.network, &cfg.data_dir)?;
-        let mgr = Arc::new(Manager { cfg, hv, accel, slots: RwLock::new(HashMap::new()), snaps: RwLock::new(snaps), pools: Default::default(), net });
+        let mgr = Arc::new(Manager { cfg, hv, accel, slots: RwLock::new(HashMap::new()), snaps: RwLock::new(snaps), pools: Default::default(), net, metrics: Default::default() });
         recover::load_all(&mgr).await?;
         mgr.network_recover().await?;
         mgr.load_pools();
@@ -216,6 +218,18 @@ impl Manager {
     /// The accelerator new instances get by default, and why.
     pub fn accel(&self) -> &AccelChoice {
         &self.accel
+    }
+
+    /// Prometheus text of the daemon's counters.
+    pub fn metrics_text(&self) -> String {
+        let mut counts: Vec<(&str, usize)> = Vec::new();
+        for i in self.list() {
+            match counts.iter_mut().find(|(s, _)| *s == i.state.as_str()) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((i.state.as_str(), 1)),
+            }
+        }
+        self.metrics.render(&counts)
     }
 
     pub fn instances_dir(&self) -> PathBuf {

@@ -19,7 +19,7 @@ use tracing::info;
 
 use crate::error::ManagerError;
 
-pub fn prepare(path: &Path, boot: &Boot, memory_mib: u32) -> Result<(), ManagerError> {
+pub fn prepare(path: &Path, boot: &Boot, memory_mib: u32, metrics: &crate::metrics::Metrics) -> Result<(), ManagerError> {
     let bytes = u64::from(memory_mib) << 20;
     match boot {
         Boot::Fresh => unlink(path).and_then(|()| reserve(path, bytes)),
@@ -31,6 +31,12 @@ pub fn prepare(path: &Path, boot: &Boot, memory_mib: u32) -> Result<(), ManagerE
             let outcome = tine_storage::ensure_exclusive(path)
                 .map_err(|e| ManagerError::Failed(crate::error::chain(&e)))?;
             info!(path = %path.display(), ?outcome, "memory file made exclusive before a shared mapping");
+            if let tine_storage::UnshareAction::Unshared { fallback, .. } = &outcome.action {
+                metrics.unshares.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(f) = fallback {
+                    metrics.fallback(f.errno.name);
+                }
+            }
             reserve(path, bytes)
         }
         Boot::Restore { mapping: MemoryMapping::Private, .. } => Ok(()),

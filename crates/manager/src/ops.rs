@@ -119,7 +119,7 @@ impl Manager {
     ) -> Result<BootTimes, ManagerError> {
         let rec = slot.record();
         let spec = self.spec(slot, &rec, image);
-        memfile::prepare(&spec.memory_file, &boot, rec.memory_mib)?;
+        memfile::prepare(&spec.memory_file, &boot, rec.memory_mib, &self.metrics)?;
         self.network_prepare(&rec).await?;
         let restoring = matches!(boot, Boot::Restore { .. });
         let t0 = Instant::now();

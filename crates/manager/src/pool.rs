@@ -289,8 +289,14 @@ impl Manager {
         let fresh = pool.key.lock().expect("key").as_deref() == Some(base.key.as_str());
         let taken = if fresh { pool.entries.lock().expect("pool").pop() } else { None };
         match &taken {
-            Some(_) => pool.hits.fetch_add(1, Ordering::Relaxed),
-            None => pool.misses.fetch_add(1, Ordering::Relaxed),
+            Some(_) => {
+                pool.hits.fetch_add(1, Ordering::Relaxed);
+                self.metrics.pool_hits.fetch_add(1, Ordering::Relaxed)
+            }
+            None => {
+                pool.misses.fetch_add(1, Ordering::Relaxed);
+                self.metrics.pool_misses.fetch_add(1, Ordering::Relaxed)
+            }
         };
         self.refill(pool);
         taken.map(|(slot, proc)| {

@@ -6,6 +6,8 @@
 //! image or QEMU fails the test loudly: these tests never skip.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -31,6 +33,10 @@ pub struct Daemon {
     env: Vec<(String, String)>,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
+    /// Extra `tine serve` arguments.
+    serve_args: Vec<String>,
+    /// The namespace the daemon runs in (deleted after the VMs are gone).
+    netns: Option<netns::Netns>,
 }
 
 impl Daemon {
@@ -44,16 +50,39 @@ impl Daemon {
         let tmp = tempfile::Builder::new().prefix("tine-t").tempdir_in("/tmp").unwrap();
         let data_dir = tmp.path().to_path_buf();
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut d = Daemon { child: None, env, data_dir, _tmp: Some(tmp) };
+        let mut d = Daemon { child: None, env, data_dir, _tmp: Some(tmp), serve_args: vec![], netns: None };
         d.spawn();
         d
     }
 
     /// A daemon whose data directory is `dir` (e.g. a small loop mount).
     pub fn start_at(dir: &Path) -> Daemon {
-        let mut d = Daemon { child: None, env: vec![], data_dir: dir.to_path_buf(), _tmp: None };
+        let mut d = Daemon { child: None, env: vec![], data_dir: dir.to_path_buf(), _tmp: None, serve_args: vec![], netns: None };
         d.spawn();
         d
+    }
+
+    /// A daemon in a network namespace of its own, with extra `serve` args.
+    pub fn start_in_netns(serve_args: &[&str]) -> Daemon {
+        let tmp = tempfile::Builder::new().prefix("tine-t").tempdir_in("/tmp").unwrap();
+        let data_dir = tmp.path().to_path_buf();
+        let serve_args = serve_args.iter().map(|s| s.to_string()).collect();
+        let netns = Some(netns::Netns::new());
+        let mut d = Daemon { child: None, env: vec![], data_dir, _tmp: Some(tmp), serve_args, netns };
+        d.spawn();
+        d
+    }
+
+    /// The daemon's network namespace (`start_in_netns` only).
+    pub fn netns(&self) -> &netns::Netns {
+        self.netns.as_ref().expect("a daemon started with start_in_netns")
+    }
+
+    fn serve_command(&self) -> Command {
+        match &self.netns {
+            Some(ns) => ns.command(env!("CARGO_BIN_EXE_tine")),
+            None => Command::new(env!("CARGO_BIN_EXE_tine")),
+        }
     }
 
     fn spawn(&mut self) {
@@ -62,11 +91,13 @@ impl Daemon {
             .append(true)
             .open(self.data_dir.join("daemon.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tine"))
+        let child = self
+            .serve_command()
             .args(["serve", "--data-dir"])
             .arg(&self.data_dir)
             .arg("--images-dir")
             .arg(images_dir())
+            .args(&self.serve_args)
             .env("TINE_LOG", "info,tine_manager=debug")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
