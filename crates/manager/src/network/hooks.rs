@@ -64,7 +64,6 @@ impl Manager {
     pub(crate) async fn network_up(&self, slot: &Slot, rec: &InstanceRecord) -> Result<(), ManagerError> {
         let Some(lease) = &rec.network else { return Ok(()) };
         let t0 = Instant::now();
-        if std::env::var_os("TINE_XXX_SKIP").is_some() { self.net.attach(lease).await?; return Ok(()); }
         agent::configure_network(&slot.agent, &self.net.guest_config(lease))
             .await
             .map_err(|e| self.agent_err(slot, e))?;

@@ -1,5 +1,11 @@
 //! The host side of networking: the bridge, NAT and forwarding rules, and
-//! one TAP device per instance, in the daemon's network namespace.
+//! one TAP device per running VM, in the daemon's network namespace.
+//!
+//! TAPs are not made here: QEMU creates each (`-netdev tap,ifname=…` on a
+//! name that does not exist makes a non-persistent TAP), so a TAP lives
+//! exactly as long as its VM process, however that process ends (stop,
+//! standby, crash, SIGKILL): nothing to leak. tine only puts it on the
+//! bridge once the guest has its identity.
 //!
 //! Made with the `ip` and `nft` commands rather than netlink from Rust:
 //! every step is an idempotent, atomic command an operator can read and
@@ -123,19 +129,18 @@ impl Host {
         Ok(true)
     }
 
-    /// The instance's TAP, existing, down and on no bridge: the guest can
-    /// send nothing until [`attach_tap`](Self::attach_tap).
+    /// Make room for the TAP QEMU is about to create: a device left under
+    /// that name (a persistent TAP of an older tine) is deleted. QEMU's new
+    /// TAP is down and on no bridge: the guest can send nothing until
+    /// [`attach_tap`](Self::attach_tap).
     pub async fn prepare_tap(&self, tap: &str) -> Result<(), NetworkError> {
-        let batch = if exists(tap) {
-            format!("link set dev {tap} down nomaster\n")
-        } else {
-            format!("tuntap add dev {tap} mode tap\nlink set dev {tap} alias {}\n", self.tag)
-        };
-        run("ip", &["-batch", "-"], Some(&batch), &[]).await
+        self.delete_tap(tap).await
     }
 
+    /// Tag the TAP as this daemon's, put it on the bridge and up.
     pub async fn attach_tap(&self, tap: &str) -> Result<(), NetworkError> {
-        run("ip", &["link", "set", "dev", tap, "master", &self.bridge, "up"], None, &[]).await
+        let args = ["link", "set", "dev", tap, "alias", &self.tag, "master", &self.bridge, "up"];
+        run("ip", &args, None, &[]).await
     }
 
     pub async fn delete_tap(&self, tap: &str) -> Result<(), NetworkError> {

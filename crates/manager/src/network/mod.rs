@@ -10,14 +10,17 @@
 //!   start (`pool.rs`), so allocations survive restarts and never collide.
 //! - Bridge, NAT rules and forwarding are set up before the first TAP is,
 //!   idempotently (`host.rs`); `tine system cleanup` undoes them.
-//! - Every VM start: the TAP is prepared down and on no bridge, QEMU starts
-//!   with a virtio-net NIC on it, the agent answers and applies the lease in
-//!   the guest (MAC, address, route, DNS), and only then is the TAP put on
-//!   the bridge and up. A fork resumes with its source's MAC and address in
-//!   guest memory (and in QEMU's migrated device state); it never shows them
-//!   on the bridge, and it is reported ready only with its own.
-//! - The TAP is deleted when the instance is removed; TAPs a crash left
-//!   behind are swept at daemon start.
+//! - Every VM start: QEMU starts with a virtio-net NIC on a TAP it creates
+//!   (down, on no bridge), the agent answers and applies the lease in the
+//!   guest (MAC, address, route, DNS), and only then is the TAP put on the
+//!   bridge and up. A fork resumes with its source's MAC and address in guest
+//!   memory and in QEMU's migrated device state (the `mac=` on its command
+//!   line is overwritten by the stream); it never shows them on the bridge,
+//!   and it is reported ready only with its own. The agent's MAC change
+//!   reaches QEMU's device too (virtio-net control queue), so QEMU's receive
+//!   filter follows.
+//! - A TAP lives as long as its QEMU process (see `host.rs`); tagged TAPs
+//!   that no instance owns are swept at daemon start and by cleanup.
 
 mod error;
 mod hooks;
@@ -202,7 +205,7 @@ impl Network {
         }
     }
 
-    /// The lease's TAP exists, down and detached; bridge and rules are up.
+    /// Bridge and rules are up, and the lease's TAP name is free for QEMU.
     pub(crate) async fn prepare(&self, lease: &Lease) -> Result<(), NetworkError> {
         let a = self.active()?;
         a.ensure_host().await?;
