@@ -68,6 +68,8 @@ if [ -n "${TINE_AGENT_BIN:-}" ]; then
     AGENT=$(realpath "$TINE_AGENT_BIN")
 else
     target_dir=${TINE_AGENT_TARGET_DIR:-${CARGO_TARGET_DIR:-$REPO/target}/guest-agent}
+    # A relative dir means relative to the repo (as cargo reads it there).
+    case $target_dir in /*) ;; *) target_dir=$REPO/$target_dir ;; esac
     log "building tine-agent (static, release) in $target_dir"
     (
         cd "$REPO"
