@@ -80,6 +80,10 @@ pub enum CloneKind {
     Bare,
     /// The same with `-daemonize -pidfile`, as tine's backend starts QEMU.
     BareDaemonize,
+    /// A pre-started QEMU waiting in `-incoming defer` with its files ready
+    /// (a warm pool slot for a hot source): the request starts the timing
+    /// at `migrate-incoming`.
+    BarePool,
 }
 
 /// Phase durations of one clone, ms. `None` where the variant cannot see it.
@@ -99,6 +103,8 @@ pub struct Phases {
     /// sent at once; the agent serves them in order): entropy, hostname +
     /// machine-id, clock.
     pub identity_calls_ms: [f64; 3],
+    /// Pool mode: PSS of the waiting QEMU before the request (bytes).
+    pub pool_wait_pss: Option<u64>,
 }
 
 /// A running clone; kill it with [`Clone::kill`].
@@ -119,7 +125,7 @@ pub struct CloneCfg {
     pub accel: Accel,
 }
 
-pub async fn start_clone(kind: CloneKind, cfg: &CloneCfg, src: &SourceFiles, dir: PathBuf, t0: Instant) -> Result<Clone> {
+pub async fn start_clone(kind: CloneKind, cfg: &CloneCfg, src: &SourceFiles, dir: PathBuf, mut t0: Instant) -> Result<Clone> {
     let t_files = Instant::now();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -129,10 +135,11 @@ pub async fn start_clone(kind: CloneKind, cfg: &CloneCfg, src: &SourceFiles, dir
         .context("copy the source disk")?;
     std::fs::hard_link(&src.memory, dir.join(MEMORY_FILE)).context("link the memory file")?;
     let mut phases = Phases { files_ms: ms(t_files), ..Default::default() };
-    let t_qemu = Instant::now();
+    let mut t_qemu = Instant::now();
     let mut clone = match kind {
-        CloneKind::Bare => bare_start(cfg, src, &dir, &mut phases, false).await,
-        CloneKind::BareDaemonize => bare_start(cfg, src, &dir, &mut phases, true).await,
+        CloneKind::Bare => bare_start(cfg, src, &dir, &mut phases, false, None).await,
+        CloneKind::BareDaemonize => bare_start(cfg, src, &dir, &mut phases, true, None).await,
+        CloneKind::BarePool => bare_start(cfg, src, &dir, &mut phases, false, Some((&mut t0, &mut t_qemu))).await,
     }
     .with_context(|| format!("start clone in {}", dir.display()))?;
     phases.qemu_total_ms = ms(t_qemu);
@@ -245,7 +252,17 @@ pub fn qemu_args(cfg: &CloneCfg, mem_mib: u32, memory_file: &Path, dir: &Path) -
     v
 }
 
-async fn bare_start(cfg: &CloneCfg, src: &SourceFiles, dir: &Path, ph: &mut Phases, daemonize: bool) -> Result<Clone> {
+/// Start QEMU and load the state. With `pool`, everything up to the load
+/// (spawn, QMP, capabilities) is done first, then the two clocks are reset:
+/// the timed part starts at `migrate-incoming`.
+async fn bare_start(
+    cfg: &CloneCfg,
+    src: &SourceFiles,
+    dir: &Path,
+    ph: &mut Phases,
+    daemonize: bool,
+    pool: Option<(&mut Instant, &mut Instant)>,
+) -> Result<Clone> {
     let mut args = qemu_args(cfg, src.memory_mib, &dir.join(MEMORY_FILE), dir);
     let pid_file = dir.join("qemu.pid");
     if daemonize {
@@ -285,6 +302,13 @@ async fn bare_start(cfg: &CloneCfg, src: &SourceFiles, dir: &Path, ph: &mut Phas
             { "capability": "events", "state": true } ] });
         q.execute("migrate-set-capabilities", Some(caps)).await?;
         ph.caps_ms = Some(ms(t));
+        if let Some((t0, t_qemu)) = pool {
+            // Let the idle slot settle as a pooled one would, then note its cost.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            ph.pool_wait_pss = crate::procmem::read_proc(pid).ok().map(|m| m.pss);
+            *t0 = Instant::now();
+            *t_qemu = *t0;
+        }
         let t = Instant::now();
         let uri = format!("file:{}", src.vmstate.display());
         q.execute("migrate-incoming", Some(json!({ "uri": uri }))).await?;

@@ -19,6 +19,9 @@ pub enum Mode {
     /// Baseline (b) with `-daemonize` as tine starts QEMU (single forks
     /// only): isolates what daemonizing costs.
     BareDaemonize,
+    /// Baseline (b) from a pre-started QEMU waiting for its state (single
+    /// forks only): what a warm-pool fast path could reach.
+    BarePool,
     /// Baseline (c): tine with the memory file copied per fork by the copy
     /// engine (reflink on XFS, sparse copy on ext4).
     Copy,
@@ -27,16 +30,23 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 5] = [Mode::Link, Mode::Bare, Mode::BareDaemonize, Mode::Copy, Mode::FullCopy];
+    pub const ALL: [Mode; 6] = [Mode::Link, Mode::Bare, Mode::BareDaemonize, Mode::BarePool, Mode::Copy, Mode::FullCopy];
 
     pub fn name(self) -> &'static str {
         match self {
             Mode::Link => "link",
             Mode::Bare => "bare",
             Mode::BareDaemonize => "bare-d",
+            Mode::BarePool => "bare-pool",
             Mode::Copy => "copy",
             Mode::FullCopy => "full-copy",
         }
+    }
+
+    /// Whether the mode runs bursts (the bare variants that only isolate a
+    /// cost run single forks).
+    pub fn bursts(self) -> bool {
+        !matches!(self, Mode::BareDaemonize | Mode::BarePool)
     }
 
     /// The `tine serve --fork-memory` value, for modes that go through tine's daemon.
@@ -45,7 +55,7 @@ impl Mode {
             Mode::Link => Some("link"),
             Mode::Copy => Some("copy"),
             Mode::FullCopy => Some("full-copy"),
-            Mode::Bare | Mode::BareDaemonize => None,
+            Mode::Bare | Mode::BareDaemonize | Mode::BarePool => None,
         }
     }
 }
@@ -56,7 +66,7 @@ impl std::str::FromStr for Mode {
         Mode::ALL
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| format!("unknown mode {s:?} (link, bare, bare-d, copy, full-copy)"))
+            .ok_or_else(|| format!("unknown mode {s:?} (link, bare, bare-d, bare-pool, copy, full-copy)"))
     }
 }
 
@@ -101,7 +111,7 @@ impl std::str::FromStr for Section {
 /// guest image. Everything it creates lives under WORK_DIR/tine-bench-PID and
 /// is removed on exit, error or Ctrl-C (and by the next run if it was killed).
 #[derive(Parser, Debug, Clone)]
-#[command(name = "tine-bench", version)]
+#[command(name = "tine-bench", version, after_help = AFTER_HELP)]
 pub struct Args {
     /// A few minutes: 256 MiB only, 3 repetitions, bursts of 10, boot-N of 10, dirty 0/64.
     #[arg(long)]
@@ -130,7 +140,7 @@ pub struct Args {
     /// Forks (and baseline clones/boots) in flight at once (tine's default is 4).
     #[arg(long, default_value_t = 4)]
     pub parallel: u32,
-    /// Fork modes / baselines, comma-separated: link, bare, bare-d (singles only), copy, full-copy.
+    /// Fork modes / baselines, comma-separated: link, bare, bare-d, bare-pool (those two: single forks only), copy, full-copy.
     #[arg(long, value_delimiter = ',')]
     pub modes: Option<Vec<Mode>>,
     /// Sections, comma-separated: boot, standby, fork, from-running, boot-n.
@@ -162,6 +172,25 @@ pub struct Args {
     #[arg(long)]
     pub json_out: Option<std::path::PathBuf>,
 }
+
+const AFTER_HELP: &str = "\
+Examples:
+  tine-bench --quick --json-out quick.json          # a few minutes, both filesystems
+  tine-bench --json-out full.json                   # the full run (about 30-40 min on 2 TCG cores)
+  tine-bench --fs xfs --sections fork --bursts 25   # one part only
+  tine-bench --quick --dry-run                      # print the plan, touch nothing
+
+Modes: link = tine as shipped (memory file hardlinked, mapped private);
+bare = QEMU templating by hand over QMP, no tine (baseline b); bare-d = the same
+with -daemonize as tine starts QEMU; bare-pool = a pre-started QEMU waiting in
+-incoming defer (timed from migrate-incoming: a warm-pool fast path); copy / full-copy = tine serve
+--fork-memory copy|full-copy (baselines c and d). Baseline (a) is the boot-n section.
+
+Latencies are from the request (burst: from the burst's request, queueing
+included): running = vCPUs running, ready = agent answered and the fork's
+identity applied. Percentiles are nearest-rank. Host memory = sum of PSS minus
+the file-backed PSS of the guest-RAM mappings plus the page cache of the memory
+files (each inode once); the naive sum of RSS is reported beside it.";
 
 /// Args with the defaults of the chosen mode (full or --quick) filled in.
 #[derive(Debug, Clone, Serialize)]
@@ -298,7 +327,7 @@ pub fn plan(c: &Config) -> Vec<Step> {
             for &m in &c.sizes {
                 steps.push(Step::Singles { mem_mib: m, modes: modes.clone(), reps: c.reps });
                 for &n in &c.bursts {
-                    for &mode in modes.iter().filter(|m| **m != Mode::BareDaemonize) {
+                    for &mode in modes.iter().filter(|m| m.bursts()) {
                         let bytes = copy_bytes(mode, fs, m, n);
                         if bytes > c.copy_budget_bytes {
                             steps.push(Step::Skip {
@@ -360,11 +389,11 @@ mod tests {
             assert!(p.contains(&Step::Mount { fs }));
             assert!(p.contains(&Step::Teardown { fs }));
         }
-        for mode in Mode::ALL.into_iter().filter(|m| *m != Mode::BareDaemonize) {
+        for mode in Mode::ALL.into_iter().filter(|m| m.bursts()) {
             let bursts = p.iter().filter(|s| matches!(s, Step::Burst { mode: m, count: 10, .. } if *m == mode)).count();
             assert_eq!(bursts, 2, "{mode:?}");
         }
-        let singles = p.iter().filter(|s| matches!(s, Step::Singles { modes, .. } if modes.len() == 5)).count();
+        let singles = p.iter().filter(|s| matches!(s, Step::Singles { modes, .. } if modes.len() == 6)).count();
         assert_eq!(singles, 2);
         assert!(p.iter().all(|s| !matches!(s, Step::Skip { .. })));
     }

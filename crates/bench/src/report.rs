@@ -99,6 +99,8 @@ pub struct PhaseMedians {
     pub identity_entropy_ms: Option<f64>,
     pub identity_hostname_ms: Option<f64>,
     pub identity_clock_ms: Option<f64>,
+    /// bare-pool: PSS of a pre-started QEMU waiting for its state (bytes).
+    pub pool_wait_pss: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -114,6 +116,10 @@ pub struct ForkCell {
     pub ok: usize,
     pub failed: usize,
     pub mem: Option<MemReport>,
+    /// Page cache of the source's memory file just before the burst (what
+    /// the source's own life left cached; part of `memfile_cache` for modes
+    /// that share the source's inode).
+    pub source_cache_before: Option<u64>,
     pub disk: Option<Disk>,
     pub phases: Option<PhaseMedians>,
     pub error: Option<String>,
@@ -172,6 +178,7 @@ fn mode_label(m: Mode) -> &'static str {
         Mode::Link => "tine (link)",
         Mode::Bare => "(b) bare QEMU+QMP",
         Mode::BareDaemonize => "(b) bare, -daemonize",
+        Mode::BarePool => "(b) bare, pre-started QEMU",
         Mode::Copy => "(c) tine --fork-memory copy",
         Mode::FullCopy => "(d) tine --fork-memory full-copy",
     }
@@ -296,6 +303,17 @@ pub fn render(r: &Results) -> String {
                 );
             }
             o.push('\n');
+            for (fr, c) in singles.iter().filter(|(_, c)| c.mode == Mode::BarePool) {
+                if let Some(p) = c.phases.as_ref().and_then(|p| p.pool_wait_pss) {
+                    let _ = writeln!(
+                        o,
+                        "A pre-started QEMU waiting for its state ({}, {} MiB) costs {} MiB PSS per pool slot.\n",
+                        fr.fs.kind.name(),
+                        c.mem_mib,
+                        mib(p)
+                    );
+                }
+            }
         }
     }
 
@@ -332,7 +350,7 @@ pub fn render(r: &Results) -> String {
         }
         o.push('\n');
         let _ = writeln!(o, "Host memory and disk of the N running forks (MiB; host = Σ PSS − file-backed PSS of the guest-RAM mappings + page cache of the memory files, each inode once):\n");
-        let _ = writeln!(o, "| fs | guest MiB | mode | N | host total | host/fork | Σ PSS | memfile cache | Σ CoW | naive Σ RSS | host vs link | disk Δ/fork | own alloc/fork |");
+        let _ = writeln!(o, "| fs | guest MiB | mode | N | host total | host/fork | Σ PSS | memfile cache (source's before) | Σ CoW | naive Σ RSS | host vs link | disk Δ/fork | own alloc/fork |");
         let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for (fr, c) in &bursts {
             let Some(mm) = &c.mem else { continue };
@@ -348,7 +366,7 @@ pub fn render(r: &Results) -> String {
                 mib(mm.host_total as f64),
                 mib(mm.host_per_vm),
                 mib(mm.pss_sum as f64),
-                mib(mm.memfile_cache as f64),
+                format!("{} ({})", mib(mm.memfile_cache as f64), mib_o(c.source_cache_before.map(|b| b as f64))),
                 mib(mm.ram_cow_sum as f64),
                 mib(mm.rss_sum as f64),
                 x(ratio(Some(mm.host_total as f64), link.map(|l| l.host_total as f64))),

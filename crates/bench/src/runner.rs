@@ -320,6 +320,7 @@ impl<'a> FsRun<'a> {
                 ok: run.len(),
                 failed: errs.len(),
                 mem: None,
+                source_cache_before: None,
                 disk: None,
                 phases: (!ph.is_empty()).then(|| phase_medians(&ph)),
                 error: (!errs.is_empty()).then(|| errs.join("; ")),
@@ -376,6 +377,7 @@ impl<'a> FsRun<'a> {
                     ok: 0,
                     failed: n as usize,
                     mem: None,
+                    source_cache_before: None,
                     disk: None,
                     phases: None,
                     error: Some(format!("{e:#}")),
@@ -401,9 +403,10 @@ impl<'a> FsRun<'a> {
     }
 
     async fn tine_burst(&self, m: u32, mode: Mode, n: u32) -> Result<ForkCell> {
-        let (src, _) = self.source_of(m)?;
+        let (src, files) = self.source_of(m)?;
         let d = self.d()?;
         let used0 = fs_used_bytes(self.mount.path()).ok();
+        let cache0 = procmem::cached_bytes(&files.memory).ok();
         let prefix = format!("b{m}-{}-{n}", mode.name());
         let req = ForkRequest {
             source: src,
@@ -436,6 +439,7 @@ impl<'a> FsRun<'a> {
             ok: ok.len(),
             failed: errs.len(),
             mem: Some(mem),
+            source_cache_before: cache0,
             disk: Some(disk),
             phases: None,
             error: (!errs.is_empty()).then(|| errs.join("; ")),
@@ -455,6 +459,7 @@ impl<'a> FsRun<'a> {
         let (_, files) = self.source_of(m)?;
         let kind = clone_kind(mode);
         let used0 = fs_used_bytes(self.mount.path()).ok();
+        let cache0 = procmem::cached_bytes(&files.memory).ok();
         let sem = Arc::new(Semaphore::new(self.ctx.cfg.parallel as usize));
         let t0 = Instant::now();
         let mut tasks = Vec::new();
@@ -494,6 +499,7 @@ impl<'a> FsRun<'a> {
             ok: run.len(),
             failed: errs.len(),
             mem: Some(mem),
+            source_cache_before: cache0,
             disk: Some(disk),
             phases: (!phases.is_empty()).then(|| phase_medians(&phases)),
             error: (!errs.is_empty()).then(|| errs.join("; ")),
@@ -621,6 +627,7 @@ impl<'a> FsRun<'a> {
 fn clone_kind(mode: Mode) -> CloneKind {
     match mode {
         Mode::Bare => CloneKind::Bare,
+        Mode::BarePool => CloneKind::BarePool,
         _ => CloneKind::BareDaemonize,
     }
 }
@@ -640,6 +647,7 @@ fn phase_medians(ph: &[Phases]) -> PhaseMedians {
         identity_entropy_ms: col(&|p| Some(p.identity_calls_ms[0])),
         identity_hostname_ms: col(&|p| Some(p.identity_calls_ms[1] - p.identity_calls_ms[0])),
         identity_clock_ms: col(&|p| Some(p.identity_calls_ms[2] - p.identity_calls_ms[1])),
+        pool_wait_pss: col(&|p| p.pool_wait_pss.map(|b| b as f64)),
     }
 }
 
