@@ -18,12 +18,15 @@ fn ip(args: &[&str]) {
 }
 
 impl Netns {
-    /// A fresh namespace with loopback up.
+    /// A fresh namespace with loopback up and IPv4 forwarding off, like a
+    /// host that is not a router (a new namespace inherits the host's
+    /// setting otherwise).
     pub fn new() -> Netns {
         let name = format!("tine-t{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         ip(&["netns", "add", &name]);
         let ns = Netns { name };
         ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns.ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"]);
         ns
     }
 
