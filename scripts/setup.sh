@@ -26,7 +26,7 @@ apt-get install -y -qq "${QEMU_TARGET[@]}" qemu-system-x86 qemu-utils >/dev/null
 apt-get install -y -qq \
     xfsprogs btrfs-progs e2fsprogs util-linux \
     busybox-static cpio lz4 zstd file \
-    iproute2 gcc libc6-dev pkg-config >/dev/null
+    iproute2 nftables gcc libc6-dev pkg-config >/dev/null
 qemu-system-x86_64 --version | head -1
 
 if ! command -v cargo >/dev/null; then
