@@ -226,7 +226,18 @@ pub fn check_overlap(subnet: Subnet, bridge: &str) -> Result<(), NetworkError> {
     Ok(())
 }
 
-/// IPv4 name servers of the host's resolv.conf a guest can reach (not loopback).
+/// The host's name servers a guest can reach: those of /etc/resolv.conf,
+/// else (a local stub resolver such as systemd-resolved's 127.0.0.53) its
+/// upstream servers.
+pub fn default_dns() -> Vec<Ipv4Addr> {
+    ["/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"]
+        .iter()
+        .map(|p| host_dns(&std::fs::read_to_string(p).unwrap_or_default()))
+        .find(|list| !list.is_empty())
+        .unwrap_or_default()
+}
+
+/// IPv4 name servers of a resolv.conf a guest can reach (not loopback).
 pub fn host_dns(resolv_conf: &str) -> Vec<Ipv4Addr> {
     resolv_conf
         .lines()

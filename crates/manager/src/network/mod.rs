@@ -138,11 +138,11 @@ impl Network {
                 .iter()
                 .map(|d| d.parse::<Ipv4Addr>().map(|a| a.to_string()).map_err(|_| NetworkError::InvalidDns(d.clone())))
                 .collect::<Result<Vec<_>, _>>()?,
-            None => host::host_dns(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
-                .iter()
-                .map(|a| a.to_string())
-                .collect(),
+            None => host::default_dns().iter().map(|a| a.to_string()).collect(),
         };
+        if dns.is_empty() {
+            warn!("no name server a guest can reach (host resolv.conf lists only loopback ones); pass --dns");
+        }
         settings.save(data_dir)?;
         let host = Host { bridge: settings.bridge.clone(), subnet: settings.subnet, tag: tag_of(data_dir) };
         Ok(Network {
