@@ -65,6 +65,13 @@ impl<'s, S: Sys> Engine<'s, S> {
     /// Copies the regular file `src` to the new file `dst` (which must not
     /// exist) with `src`'s mode. On any error `dst` is removed.
     pub(crate) fn copy_new(&mut self, src: &Path, dst: &Path) -> Result<FileCopyReport, CopyError> {
+        // Checked before opening: opening a device node can have effects.
+        let lstat = fs::symlink_metadata(src).map_err(CopyError::read(src))?;
+        if !lstat.is_file() {
+            return Err(CopyError::NotAFile {
+                path: src.to_path_buf(),
+            });
+        }
         // O_NOFOLLOW and O_NONBLOCK: never follow a symlink swapped in, never
         // block on a FIFO swapped in; both are no-ops on a regular file.
         let src_file = OpenOptions::new()

@@ -197,7 +197,7 @@ fn copy_file_refuses_a_symlink_source() {
 
     let err = copy_file(&src.join("rootfs"), &fs.path().join("copy")).unwrap_err();
 
-    assert!(matches!(err, CopyError::Read { .. }), "{err:?}");
+    assert!(matches!(err, CopyError::NotAFile { .. }), "{err:?}");
     assert!(!fs.path().join("copy").exists());
 }
 
