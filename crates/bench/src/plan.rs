@@ -131,7 +131,8 @@ pub struct Args {
     /// Repetitions for medians (boots, standby/restore, single forks).
     #[arg(long)]
     pub reps: Option<u32>,
-    /// Burst sizes (forks per request; tine accepts at most 100).
+    /// Burst sizes (forks per request; tine accepts at most 100). Default
+    /// 25,50: 100 idle forks saturate 2 cores under TCG.
     #[arg(long, value_delimiter = ',')]
     pub bursts: Option<Vec<u32>>,
     /// Baseline (a): fresh VMs booted (and filled like the source) at once.
@@ -219,7 +220,9 @@ impl Config {
             sizes: a.sizes.clone().unwrap_or_else(|| if q { vec![256] } else { vec![256, 1024] }),
             touch_mib: a.touch_mib,
             reps: a.reps.unwrap_or(if q { 3 } else { 5 }),
-            bursts: a.bursts.clone().unwrap_or_else(|| if q { vec![10] } else { vec![25, 100] }),
+            // 100 idle TCG forks need more than this machine's 2 cores (see
+            // BENCHMARKS.md); `--bursts 25,100` asks for it anyway.
+            bursts: a.bursts.clone().unwrap_or_else(|| if q { vec![10] } else { vec![25, 50] }),
             boot_n: a.boot_n.unwrap_or(if q { 10 } else { 25 }),
             parallel: a.parallel,
             modes: a.modes.clone().unwrap_or_else(|| Mode::ALL.to_vec()),
@@ -378,7 +381,7 @@ mod tests {
     #[test]
     fn full_defaults_follow_the_issue() {
         let c = cfg(&[]);
-        assert_eq!((c.sizes.clone(), c.reps, c.bursts.clone(), c.touch_mib), (vec![256, 1024], 5, vec![25, 100], 128));
+        assert_eq!((c.sizes.clone(), c.reps, c.bursts.clone(), c.touch_mib), (vec![256, 1024], 5, vec![25, 50], 128));
         assert_eq!(c.dirty, vec![0, 64, 128]);
     }
 

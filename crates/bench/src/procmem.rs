@@ -128,6 +128,34 @@ pub fn cached_bytes(path: &Path) -> Result<u64> {
     Ok(vec.iter().filter(|b| **b & 1 == 1).count() as u64 * page as u64)
 }
 
+/// CPU time (user + system) of `pids` so far, in seconds.
+pub fn cpu_seconds(pids: &[i32]) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|s| {
+            // Fields after the command (which may contain spaces): state is
+            // field 3, utime 14, stime 15.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .sum::<f64>()
+        / hz
+}
+
+/// Percent of one core each of `pids` used while `wait` ran.
+pub async fn idle_cpu_pct_per_vm(pids: &[i32], wait: impl std::future::Future<Output = ()>) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    let (c0, t0) = (cpu_seconds(pids), std::time::Instant::now());
+    wait.await;
+    let (c1, dt) = (cpu_seconds(pids), t0.elapsed().as_secs_f64());
+    Some((c1 - c0) / dt / pids.len() as f64 * 100.0)
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MemReport {
     pub processes: usize,
@@ -147,6 +175,9 @@ pub struct MemReport {
     pub rss_per_vm: f64,
     /// Processes that could not be read (exited?).
     pub unreadable: usize,
+    /// Percent of one core each VM used while the benchmark waited before
+    /// measuring (idle guests: TCG timer work).
+    pub idle_cpu_pct_per_vm: Option<f64>,
 }
 
 /// Measure the VMs `pids` (see the module doc for the formula).
@@ -238,6 +269,17 @@ Pss:                   8 kB
         assert_eq!(m.ram_anon, 1000 * 1024);
         assert_eq!(m.ram_rss, 3000 * 1024);
         assert_eq!(m.ram_files, vec![PathBuf::from("/var/tmp/tine bench/xfs/instances/ab/memory")]);
+    }
+
+    #[test]
+    fn own_cpu_time_is_counted() {
+        let me = std::process::id() as i32;
+        let t = std::time::Instant::now();
+        while t.elapsed().as_millis() < 50 {
+            std::hint::black_box(0u64);
+        }
+        assert!(cpu_seconds(&[me]) > 0.0);
+        assert_eq!(cpu_seconds(&[]), 0.0);
     }
 
     #[test]

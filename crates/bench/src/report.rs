@@ -205,12 +205,12 @@ pub fn render(r: &Results) -> String {
     let boots: Vec<_> = r.filesystems.iter().filter_map(|fr| fr.boot.as_ref().map(|b| (fr, b))).collect();
     if !boots.is_empty() {
         let _ = writeln!(o, "### Boot (`tine run` → agent answers, 256 MiB, sequential)\n");
-        let _ = writeln!(o, "| fs | n | run p50 ms | min | max | daemon boot p50 ms | idle RSS/VM MiB | idle PSS/VM MiB | idle host/VM MiB |");
-        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(o, "| fs | n | run p50 ms | min | max | daemon boot p50 ms | idle RSS/VM MiB | idle PSS/VM MiB | idle host/VM MiB | idle CPU %/VM |");
+        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|");
         for (fr, b) in boots {
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 fr.fs.kind.name(),
                 b.n,
                 f(Some(b.run_ms.p50)),
@@ -219,7 +219,8 @@ pub fn render(r: &Results) -> String {
                 f(b.daemon_boot_ms.map(|s| s.p50)),
                 mib(b.idle_rss_per_vm.p50),
                 mib(b.idle_pss_per_vm.p50),
-                mib(b.idle_host_per_vm.p50)
+                mib(b.idle_host_per_vm.p50),
+                f(b.mem.idle_cpu_pct_per_vm)
             );
         }
         o.push('\n');
@@ -350,15 +351,15 @@ pub fn render(r: &Results) -> String {
         }
         o.push('\n');
         let _ = writeln!(o, "Host memory and disk of the N running forks (MiB; host = Σ PSS − file-backed PSS of the guest-RAM mappings + page cache of the memory files, each inode once):\n");
-        let _ = writeln!(o, "| fs | guest MiB | mode | N | host total | host/fork | Σ PSS | memfile cache (source's before) | Σ CoW | naive Σ RSS | host vs link | disk Δ/fork | own alloc/fork |");
-        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(o, "| fs | guest MiB | mode | N | host total | host/fork | Σ PSS | memfile cache (source's before) | Σ CoW | naive Σ RSS | host vs link | disk Δ/fork | own alloc/fork | idle CPU %/fork |");
+        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for (fr, c) in &bursts {
             let Some(mm) = &c.mem else { continue };
             let link = link_cell(fr, c).and_then(|l| l.mem.as_ref());
             let d = c.disk.clone().unwrap_or_default();
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 fr.fs.kind.name(),
                 c.mem_mib,
                 mode_label(c.mode),
@@ -372,6 +373,7 @@ pub fn render(r: &Results) -> String {
                 x(ratio(Some(mm.host_total as f64), link.map(|l| l.host_total as f64))),
                 mib_o(d.fs_delta_per_vm),
                 mib(d.own_allocated_per_vm),
+                f(mm.idle_cpu_pct_per_vm),
             );
         }
         o.push('\n');

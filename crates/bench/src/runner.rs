@@ -191,9 +191,10 @@ impl<'a> FsRun<'a> {
         .await;
         let mut result = None;
         if r.is_ok() {
-            self.settle().await;
+            let cpu = procmem::idle_cpu_pct_per_vm(&pids, self.settle()).await;
             let per: Vec<procmem::MemReport> = pids.iter().map(|p| procmem::measure(&[*p])).collect();
-            let all = procmem::measure(&pids);
+            let mut all = procmem::measure(&pids);
+            all.idle_cpu_pct_per_vm = cpu;
             let g = |f: fn(&procmem::MemReport) -> f64| per.iter().map(f).collect::<Vec<f64>>();
             result = Some(BootResult {
                 n: run_ms.len(),
@@ -422,10 +423,11 @@ impl<'a> FsRun<'a> {
         let errs: Vec<String> = rep.forks.iter().filter_map(|f| f.error.clone()).collect();
         let run: Vec<f64> = ok.iter().filter_map(|f| f.running_ms).collect();
         let ready: Vec<f64> = ok.iter().filter_map(|f| f.ready_ms).collect();
-        self.settle().await;
         let pids: Vec<i32> = ok.iter().filter_map(|f| f.instance.as_ref()?.pid).collect();
+        let cpu = procmem::idle_cpu_pct_per_vm(&pids, self.settle()).await;
         let dirs: Vec<PathBuf> = ok.iter().filter_map(|f| Some(f.instance.as_ref()?.dir.clone())).collect();
-        let mem = procmem::measure(&pids);
+        let mut mem = procmem::measure(&pids);
+        mem.idle_cpu_pct_per_vm = cpu;
         let disk = self.disk(used0, &dirs);
         let names: Vec<String> = ok.iter().map(|f| f.name.clone()).collect();
         d.remove(&names).await?;
@@ -480,10 +482,11 @@ impl<'a> FsRun<'a> {
             }
         }
         let wall = ms(t0);
-        self.settle().await;
         let pids: Vec<i32> = clones.iter().map(|c| c.pid).collect();
+        let cpu = procmem::idle_cpu_pct_per_vm(&pids, self.settle()).await;
         let dirs: Vec<PathBuf> = clones.iter().map(|c| c.dir.clone()).collect();
-        let mem = procmem::measure(&pids);
+        let mut mem = procmem::measure(&pids);
+        mem.idle_cpu_pct_per_vm = cpu;
         let disk = self.disk(used0, &dirs);
         let run: Vec<f64> = clones.iter().map(|c| c.running_ms).collect();
         let ready: Vec<f64> = clones.iter().map(|c| c.ready_ms).collect();
@@ -576,9 +579,10 @@ impl<'a> FsRun<'a> {
             }
         }
         let r: Result<BootN> = async {
-            self.settle().await;
             let pids: Vec<i32> = ok.iter().filter_map(|(i, _)| i.pid).collect();
-            let mem_idle = procmem::measure(&pids);
+            let cpu = procmem::idle_cpu_pct_per_vm(&pids, self.settle()).await;
+            let mut mem_idle = procmem::measure(&pids);
+            mem_idle.idle_cpu_pct_per_vm = cpu;
             let (mut touch_wall, mut mem_touched) = (None, None);
             if touch > 0 {
                 let t1 = Instant::now();
