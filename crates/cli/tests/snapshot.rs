@@ -139,3 +139,22 @@ fn bad_snapshot_requests_are_refused() {
     }
     assert_eq!(d.json(&["snapshot", "ls"]).as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn fork_of_a_fork_through_snapshots_survives_deleting_everything_before_it() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "g0"]);
+    d.sh("g0", "echo g0 > /run/l");
+    snap_json(&d, &["create", "g0", "--name", "s0"]);
+    d.ok(&["fork", "--snapshot", "s0", "--name", "g1"]);
+    d.sh("g1", "echo g1 >> /run/l");
+    snap_json(&d, &["create", "g1", "--name", "s1"]);
+
+    d.ok(&["rm", "-f", "g0"]);
+    d.ok(&["snapshot", "rm", "s0"]);
+    d.ok(&["rm", "-f", "g1"]);
+    d.ok(&["fork", "--snapshot", "s1", "--name", "g2"]);
+    d.sh("g2", "echo g2 >> /run/l");
+
+    assert_eq!(d.sh("g2", "cat /run/l"), "g0\ng1\ng2\n");
+}
