@@ -107,3 +107,24 @@ fn bad_pool_requests_are_refused() {
     assert!(d.fails(&["pool", "set", "nope", "--size", "1"]).contains("no instance named"));
     assert!(d.fails(&["pool", "rm", "r"]).contains("pool for r"));
 }
+
+#[test]
+fn a_pool_entry_whose_vm_died_falls_back_to_a_cold_fork() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "s"]);
+    d.sh("s", "echo state > /run/x");
+    d.ok(&["standby", "s"]);
+    d.ok(&["pool", "set", "s", "--size", "1"]);
+    wait_ready(&d, 1);
+    let source_dir = common::dir_of(&d, "s");
+    for e in std::fs::read_dir(d.data_dir.join("instances")).unwrap().flatten() {
+        if e.path() != source_dir {
+            let pid: i32 = std::fs::read_to_string(e.path().join("qemu.pid")).unwrap().trim().parse().unwrap();
+            common::kill9(pid);
+        }
+    }
+
+    d.ok(&["fork", "s", "--name", "cold"]);
+
+    assert_eq!(d.sh("cold", "cat /run/x"), "state\n");
+}

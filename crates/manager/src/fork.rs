@@ -363,14 +363,28 @@ impl Manager {
                         out.instance = Some(slot.info());
                     }
                     Err((slot, e)) => {
-                        warn!(name, error = %chain(&e), "pooled fork failed; removing it");
+                        // A broken entry (its VM died while waiting…) must
+                        // not fail the fork: drop it and make one cold.
+                        warn!(name, error = %chain(&e), "pool entry failed; forking without it");
                         self.discard(&slot).await;
-                        out.error = Some(chain(&e));
+                        return self.fork_cold(base, image, name, target, t0).await;
                     }
                 }
                 return out;
             }
         }
+        self.fork_cold(base, image, name, target, t0).await
+    }
+
+    async fn fork_cold(
+        self: &Arc<Self>,
+        base: &Base,
+        image: &image::Image,
+        name: String,
+        target: ForkTarget,
+        t0: Instant,
+    ) -> ForkOutcome {
+        let mut out = ForkOutcome { name: name.clone(), instance: None, error: None, running_ms: None, ready_ms: None };
         // Without device state the fork boots fresh and owns its RAM file.
         let memory = if base.has_state { MemoryMapping::Private } else { MemoryMapping::Shared };
         let id = names::new_id();

@@ -305,7 +305,9 @@ impl Manager {
         })
     }
 
-    /// Turn a claimed entry into the named fork: rename, load, resume.
+    /// Turn a claimed entry into the named fork: load, resume, rename.
+    /// Loading comes first: it is what the caller waits for, and the entry
+    /// is already out of the pool, so nobody else can touch it.
     pub(crate) async fn claim(
         self: &Arc<Self>,
         slot: Arc<Slot>,
@@ -314,6 +316,12 @@ impl Manager {
         name: &str,
         t0: std::time::Instant,
     ) -> Result<(Arc<Slot>, crate::ops::BootTimes), (Arc<Slot>, ManagerError)> {
+        let _g = slot.op.lock().await;
+        let taken_ms = crate::ops::ms(t0);
+        if let Err(e) = self.hv.load(&slot.dir, &proc, &boot).await {
+            return Err((slot.clone(), e.into()));
+        }
+        let running_ms = crate::ops::ms(t0);
         let renamed = {
             let slots = self.slots.read().expect("slots");
             if slots.values().any(|s| {
@@ -330,14 +338,9 @@ impl Manager {
             }
         };
         if let Err(e) = renamed {
-            return Err((slot, e));
+            return Err((slot.clone(), e));
         }
-        let _g = slot.op.lock().await;
-        if let Err(e) = self.hv.load(&slot.dir, &proc, &boot).await {
-            return Err((slot.clone(), e.into()));
-        }
-        let running_ms = crate::ops::ms(t0);
-        info!(name, running_ms, "fork claimed a warm pool entry");
+        info!(name, taken_ms, running_ms, "fork claimed a warm pool entry");
         match self.finish_boot(&slot, proc, t0, running_ms, Some(crate::agent::Identity::new(name)), true).await {
             Ok(times) => Ok((slot.clone(), times)),
             Err(e) => Err((slot.clone(), e)),
