@@ -132,23 +132,13 @@ impl Client {
     }
 
     pub async fn fork(&self, req: &ForkRequest) -> Result<ForkReport, ClientError> {
-        let kind = match req.from {
-            ForkFrom::Instance => "instances",
-            ForkFrom::Snapshot => "snapshots",
-            ForkFrom::Template => "templates",
-        };
-        self.json(Method::POST, &format!("/v1/{kind}/{}/fork", seg(&req.source)), Some(req)).await
+        self.json(Method::POST, &fork_path(req), Some(req)).await
     }
 
     /// Fork with progress: `on_fork` is called as each fork completes.
     pub async fn fork_stream(&self, req: &ForkRequest, mut on_fork: impl FnMut(&ForkOutcome)) -> Result<ForkReport, ClientError> {
-        let kind = match req.from {
-            ForkFrom::Instance => "instances",
-            ForkFrom::Snapshot => "snapshots",
-            ForkFrom::Template => "templates",
-        };
         let body = serde_json::to_vec(req).expect("request serializes");
-        let resp = self.send(Method::POST, &format!("/v1/{kind}/{}/fork?stream=true", seg(&req.source)), Some(body)).await?;
+        let resp = self.send(Method::POST, &format!("{}?stream=true", fork_path(req)), Some(body)).await?;
         let mut body = resp.into_body();
         let mut buf: Vec<u8> = Vec::new();
         while let Some(frame) = body.frame().await {
@@ -263,6 +253,15 @@ impl Client {
         }
         Ok(())
     }
+}
+
+fn fork_path(req: &ForkRequest) -> String {
+    let kind = match req.from {
+        ForkFrom::Instance => "instances",
+        ForkFrom::Snapshot => "snapshots",
+        ForkFrom::Template => "templates",
+    };
+    format!("/v1/{kind}/{}/fork", seg(&req.source))
 }
 
 fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
