@@ -103,7 +103,7 @@ fn five_forks_of_a_standby_source_get_their_own_addresses_and_the_source_keeps_i
 }
 
 #[test]
-fn forks_of_snapshots_and_templates_get_their_own_addresses() {
+fn forks_of_snapshots_and_templates_and_parked_forks_get_their_own_addresses() {
     let d = Daemon::start_in_netns(&[]);
     d.ok(&["run", "--name", "base"]);
     serve_http(&d, "base");
@@ -114,12 +114,16 @@ fn forks_of_snapshots_and_templates_get_their_own_addresses() {
 
     fork(&d, &["snap", "--snapshot", "--name", "fs"]);
     fork(&d, &["base", "--template", "--name", "ft"]);
+    // Parked right away: it gets its identity when it first runs.
+    fork(&d, &["snap", "--snapshot", "--name", "fp", "--target", "standby"]);
+    d.ok(&["restore", "fp"]);
 
     let (fs_ip, fs_mac) = lease(&d, "fs");
     let (ft_ip, ft_mac) = lease(&d, "ft");
-    assert_eq!(HashSet::from([&base_ip, &fs_ip, &ft_ip]).len(), 3);
-    assert_ne!(fs_mac, ft_mac);
-    for (f, ip, mac) in [("fs", &fs_ip, fs_mac), ("ft", &ft_ip, ft_mac)] {
+    let (fp_ip, fp_mac) = lease(&d, "fp");
+    assert_eq!(HashSet::from([&base_ip, &fs_ip, &ft_ip, &fp_ip]).len(), 4);
+    assert_eq!(HashSet::from([&fs_mac, &ft_mac, &fp_mac]).len(), 3);
+    for (f, ip, mac) in [("fs", &fs_ip, fs_mac), ("ft", &ft_ip, ft_mac), ("fp", &fp_ip, fp_mac)] {
         assert_eq!(guest_eth0(&d, f), (mac, format!("{ip}/16")));
         d.sh(f, &format!("echo {f} > /www/who"));
         assert_eq!(d.netns().http_get(ip, 8080, "/who"), format!("{f}\n"));

@@ -162,10 +162,12 @@ impl Manager {
             )));
         }
         // The guest takes its network identity (a fork: its own, not its
-        // source's) before it is reported ready.
+        // source's) before it is reported ready. Sent first: the agent runs
+        // it on a thread while it answers the identity calls (which wait on
+        // the guest's disk).
         let network = self.network_up(slot, &rec);
         if let Some(id) = identity {
-            let (unique, network) = tokio::join!(agent::make_unique(&slot.agent, &id), network);
+            let (network, unique) = tokio::join!(network, agent::make_unique(&slot.agent, &id));
             unique.map_err(|e| self.agent_err(slot, e))?;
             network?;
         } else {
