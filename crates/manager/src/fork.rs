@@ -353,6 +353,7 @@ impl Manager {
     ) -> ForkOutcome {
         let mut out = ForkOutcome { name: name.clone(), instance: None, error: None, running_ms: None, ready_ms: None };
         if target == ForkTarget::Running && base.has_state {
+            tracing::debug!(name, before_claim_ms = ms(t0), "fork ready to claim");
             if let Some((slot, proc, boot)) = self.pool_take(base) {
                 match self.claim(slot, proc, boot, &name, t0).await {
                     Ok((slot, times)) => {

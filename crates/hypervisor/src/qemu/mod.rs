@@ -55,13 +55,18 @@ impl Qemu {
     }
 
     async fn incoming(run_dir: &Path, state_file: &Path, ram_in_state: bool) -> Result<(), HvError> {
+        let t0 = Instant::now();
         let mut q = Qmp::connect_retry(&Self::qmp_path(run_dir), START_TIMEOUT).await?;
+        let connected = t0.elapsed();
         // Must match the save: QEMU refuses a stream whose capability differs.
         set_ignore_shared(&mut q, !ram_in_state).await?;
         let uri = format!("file:{}", state_file.display());
         q.execute("migrate-incoming", Some(json!({ "uri": uri }))).await?;
+        let started = t0.elapsed();
         wait_migration(&mut q, "incoming migration").await?;
+        let loaded = t0.elapsed();
         q.execute("cont", None).await?;
+        debug!(?connected, ?started, ?loaded, total = ?t0.elapsed(), "incoming state loaded");
         Ok(())
     }
 }
