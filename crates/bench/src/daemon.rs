@@ -21,6 +21,7 @@ pub struct DaemonOpts<'a> {
     pub tine: &'a Path,
     pub images_dir: &'a Path,
     pub qemu: &'a Path,
+    pub network: &'a str,
 }
 
 impl Daemon {
@@ -39,6 +40,8 @@ impl Daemon {
             .arg(o.qemu)
             .arg("--fork-memory")
             .arg(fork_memory)
+            .arg("--network")
+            .arg(o.network)
             .env("TINE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -127,6 +130,28 @@ impl Daemon {
         let t = Instant::now();
         self.client.action(name, action).await.with_context(|| format!("tine {action} {name}"))?;
         Ok(ms(t))
+    }
+
+    /// Set a warm pool of `size` for `source` and wait until it is full.
+    pub async fn pool_fill(&self, source: &str, size: u32, timeout: Duration) -> Result<tine_api::PoolInfo> {
+        let spec = tine_api::PoolSpec { from: tine_api::ForkFrom::Instance, source: source.into(), size };
+        self.client.pool_set(&spec).await.with_context(|| format!("pool for {source}"))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let pools = self.client.pools().await?;
+            if let Some(p) = pools.into_iter().find(|p| p.spec.source == source && p.ready >= size as usize) {
+                return Ok(p);
+            }
+            if Instant::now() > deadline {
+                bail!("pool for {source} did not fill to {size} within {timeout:?}:\n{}", self.log_tail(10));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn pool_remove(&self, source: &str) -> Result<()> {
+        self.client.pool_remove(tine_api::ForkFrom::Instance, source).await.with_context(|| format!("remove pool of {source}"))?;
+        Ok(())
     }
 
     /// Remove instances (force), a few at a time.

@@ -100,6 +100,7 @@ async fn run(args: &Args, cfg: Config, steps: &[Step]) -> Result<usize> {
         tine,
         qemu: args.qemu.clone(),
         images_dir: args.images_dir.clone(),
+        network: args.network.clone(),
         clone_cfg: Arc::new(bare::CloneCfg { qemu: args.qemu.clone(), image, accel: accel.accel }),
     };
     let mut results = Results {

@@ -14,6 +14,9 @@ use crate::fsmount::FsKind;
 pub enum Mode {
     /// tine default: memory file hardlinked, mapped private.
     Link,
+    /// tine with a warm pool for the source (`POST /v1/pools`, filled
+    /// before the request): forks claim pre-started QEMUs.
+    Pool,
     /// Baseline (b): hand-made QEMU templating over raw QMP, no tine.
     Bare,
     /// Baseline (b) with `-daemonize` as tine starts QEMU (single forks
@@ -30,11 +33,13 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 6] = [Mode::Link, Mode::Bare, Mode::BareDaemonize, Mode::BarePool, Mode::Copy, Mode::FullCopy];
+    pub const ALL: [Mode; 7] =
+        [Mode::Link, Mode::Pool, Mode::Bare, Mode::BareDaemonize, Mode::BarePool, Mode::Copy, Mode::FullCopy];
 
     pub fn name(self) -> &'static str {
         match self {
             Mode::Link => "link",
+            Mode::Pool => "pool",
             Mode::Bare => "bare",
             Mode::BareDaemonize => "bare-d",
             Mode::BarePool => "bare-pool",
@@ -52,7 +57,7 @@ impl Mode {
     /// The `tine serve --fork-memory` value, for modes that go through tine's daemon.
     pub fn daemon_mode(self) -> Option<&'static str> {
         match self {
-            Mode::Link => Some("link"),
+            Mode::Link | Mode::Pool => Some("link"),
             Mode::Copy => Some("copy"),
             Mode::FullCopy => Some("full-copy"),
             Mode::Bare | Mode::BareDaemonize | Mode::BarePool => None,
@@ -66,7 +71,7 @@ impl std::str::FromStr for Mode {
         Mode::ALL
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| format!("unknown mode {s:?} (link, bare, bare-d, bare-pool, copy, full-copy)"))
+            .ok_or_else(|| format!("unknown mode {s:?} (link, pool, bare, bare-d, bare-pool, copy, full-copy)"))
     }
 }
 
@@ -141,7 +146,7 @@ pub struct Args {
     /// Forks (and baseline clones/boots) in flight at once (tine's default is 4).
     #[arg(long, default_value_t = 4)]
     pub parallel: u32,
-    /// Fork modes / baselines, comma-separated: link, bare, bare-d, bare-pool (those two: single forks only), copy, full-copy.
+    /// Fork modes / baselines, comma-separated: link, pool, bare, bare-d, bare-pool (those two: single forks only), copy, full-copy.
     #[arg(long, value_delimiter = ',')]
     pub modes: Option<Vec<Mode>>,
     /// Sections, comma-separated: boot, standby, fork, from-running, boot-n.
@@ -169,6 +174,10 @@ pub struct Args {
     pub qemu: std::path::PathBuf,
     #[arg(long, env = "TINE_IMAGES_DIR", default_value = "/var/lib/tine/images")]
     pub images_dir: std::path::PathBuf,
+    /// `tine serve --network` (default none: no NICs, no host bridge/NAT
+    /// changes; the bare baselines need it, their QEMUs have no NIC).
+    #[arg(long, default_value = "none")]
+    pub network: String,
     /// Write all results as JSON to this file.
     #[arg(long)]
     pub json_out: Option<std::path::PathBuf>,
@@ -181,7 +190,9 @@ Examples:
   tine-bench --fs xfs --sections fork --bursts 25   # one part only
   tine-bench --quick --dry-run                      # print the plan, touch nothing
 
-Modes: link = tine as shipped (memory file hardlinked, mapped private);
+Modes: link = tine as shipped (memory file hardlinked, mapped private); pool =
+tine with a warm pool of the burst's size filled before the request (pool
+memory reported);
 bare = QEMU templating by hand over QMP, no tine (baseline b); bare-d = the same
 with -daemonize as tine starts QEMU; bare-pool = a pre-started QEMU waiting in
 -incoming defer (timed from migrate-incoming: a warm-pool fast path); copy / full-copy = tine serve
@@ -209,6 +220,7 @@ pub struct Config {
     pub dirty: Vec<u32>,
     pub copy_budget_bytes: u64,
     pub settle_ms: u64,
+    pub network: String,
 }
 
 impl Config {
@@ -230,6 +242,7 @@ impl Config {
             dirty: a.dirty.clone().unwrap_or_else(|| if q { vec![0, 64] } else { vec![0, 64, 128] }),
             copy_budget_bytes: a.copy_budget_gib << 30,
             settle_ms: a.settle_ms.unwrap_or(if q { 1000 } else { 2000 }),
+            network: a.network.clone(),
         };
         if c.reps == 0 {
             return Err("--reps must be at least 1".into());
@@ -297,6 +310,9 @@ impl fmt::Display for Step {
     }
 }
 
+/// tine's largest warm pool (`MAX_POOL_SIZE`).
+pub const MAX_POOL: u32 = 64;
+
 /// Bytes of memory-file copies a burst would write (0 for sharing modes and
 /// for reflinks).
 pub fn copy_bytes(mode: Mode, fs: FsKind, mem_mib: u32, count: u32) -> u64 {
@@ -312,7 +328,16 @@ pub fn plan(c: &Config) -> Vec<Step> {
     let forking = c.has(Section::Fork) && !c.modes.is_empty();
     // Every enabled mode, singles interleaved rep by rep (the daemon is
     // restarted with the right --fork-memory when the mode changes: ~0.1 s).
-    let modes: Vec<Mode> = Mode::ALL.into_iter().filter(|m| c.has_mode(*m)).collect();
+    let mut modes: Vec<Mode> = Mode::ALL.into_iter().filter(|m| c.has_mode(*m)).collect();
+    if c.network != "none" {
+        for m in modes.iter().filter(|m| m.daemon_mode().is_none()) {
+            steps.push(Step::Skip {
+                what: format!("mode {}", m.name()),
+                reason: format!("its QEMUs have no NIC; tine runs with --network {}", c.network),
+            });
+        }
+        modes.retain(|m| m.daemon_mode().is_some());
+    }
     for &fs in &c.fs {
         steps.push(Step::Mount { fs });
         if c.has(Section::Boot) {
@@ -332,7 +357,12 @@ pub fn plan(c: &Config) -> Vec<Step> {
                 for &n in &c.bursts {
                     for &mode in modes.iter().filter(|m| m.bursts()) {
                         let bytes = copy_bytes(mode, fs, m, n);
-                        if bytes > c.copy_budget_bytes {
+                        if mode == Mode::Pool && n > MAX_POOL {
+                            steps.push(Step::Skip {
+                                what: format!("burst {m} MiB pool x{n} on {}", fs.name()),
+                                reason: format!("tine pools hold at most {MAX_POOL} entries"),
+                            });
+                        } else if bytes > c.copy_budget_bytes {
                             steps.push(Step::Skip {
                                 what: format!("burst {m} MiB {} x{n} on {}", mode.name(), fs.name()),
                                 reason: format!(
@@ -396,7 +426,7 @@ mod tests {
             let bursts = p.iter().filter(|s| matches!(s, Step::Burst { mode: m, count: 10, .. } if *m == mode)).count();
             assert_eq!(bursts, 2, "{mode:?}");
         }
-        let singles = p.iter().filter(|s| matches!(s, Step::Singles { modes, .. } if modes.len() == 6)).count();
+        let singles = p.iter().filter(|s| matches!(s, Step::Singles { modes, .. } if modes.len() == 7)).count();
         assert_eq!(singles, 2);
         assert!(p.iter().all(|s| !matches!(s, Step::Skip { .. })));
     }

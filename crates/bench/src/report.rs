@@ -120,6 +120,10 @@ pub struct ForkCell {
     /// the source's own life left cached; part of `memfile_cache` for modes
     /// that share the source's inode).
     pub source_cache_before: Option<u64>,
+    /// Pool mode: the waiting pool entries just before the burst.
+    pub pool_mem: Option<MemReport>,
+    /// Pool mode: entries the burst claimed.
+    pub pool_hits: Option<u64>,
     pub disk: Option<Disk>,
     pub phases: Option<PhaseMedians>,
     pub error: Option<String>,
@@ -176,6 +180,7 @@ fn p50(s: &Option<Summary>) -> Option<f64> {
 fn mode_label(m: Mode) -> &'static str {
     match m {
         Mode::Link => "tine (link)",
+        Mode::Pool => "tine + warm pool",
         Mode::Bare => "(b) bare QEMU+QMP",
         Mode::BareDaemonize => "(b) bare, -daemonize",
         Mode::BarePool => "(b) bare, pre-started QEMU",
@@ -377,6 +382,23 @@ pub fn render(r: &Results) -> String {
             );
         }
         o.push('\n');
+        for (fr, c) in bursts.iter().filter(|(_, c)| c.pool_mem.is_some()) {
+            let pm = c.pool_mem.as_ref().expect("filtered");
+            let _ = writeln!(
+                o,
+                "Warm pool before the {} MiB x{} burst on {}: {} waiting QEMUs use {} MiB of their own ({} MiB each; Σ PSS without the guest-RAM file pages, which are the source's page cache, {} MiB resident), naive RSS {} MiB each, idle CPU {} % each; the burst claimed {} entries.\n",
+                c.mem_mib,
+                c.count,
+                fr.fs.kind.name(),
+                pm.processes,
+                mib(pm.host_total.saturating_sub(pm.memfile_cache) as f64),
+                mib(pm.host_total.saturating_sub(pm.memfile_cache) as f64 / pm.processes.max(1) as f64),
+                mib(pm.memfile_cache as f64),
+                mib(pm.rss_per_vm),
+                f(pm.idle_cpu_pct_per_vm),
+                c.pool_hits.map(|h| h.to_string()).unwrap_or_else(|| "?".into())
+            );
+        }
     }
 
     // From running

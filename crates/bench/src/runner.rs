@@ -26,12 +26,13 @@ pub struct Ctx {
     pub tine: PathBuf,
     pub qemu: PathBuf,
     pub images_dir: PathBuf,
+    pub network: String,
     pub clone_cfg: Arc<CloneCfg>,
 }
 
 impl Ctx {
     fn daemon_opts(&self) -> DaemonOpts<'_> {
-        DaemonOpts { tine: &self.tine, images_dir: &self.images_dir, qemu: &self.qemu }
+        DaemonOpts { tine: &self.tine, images_dir: &self.images_dir, qemu: &self.qemu, network: &self.network }
     }
 }
 
@@ -322,6 +323,8 @@ impl<'a> FsRun<'a> {
                 failed: errs.len(),
                 mem: None,
                 source_cache_before: None,
+                pool_mem: None,
+                pool_hits: None,
                 disk: None,
                 phases: (!ph.is_empty()).then(|| phase_medians(&ph)),
                 error: (!errs.is_empty()).then(|| errs.join("; ")),
@@ -338,8 +341,19 @@ impl<'a> FsRun<'a> {
     async fn tine_single(&self, src: &str, m: u32, mode: Mode, rep: u32) -> Result<(f64, f64)> {
         let name = format!("s{m}-{}-{rep}", mode.name());
         let req = ForkRequest { source: src.into(), name: Some(name.clone()), count: Some(1), ..Default::default() };
-        let rep = self.tine_fork(req).await?;
-        self.d()?.remove(&[name]).await?;
+        let d = self.d()?;
+        let hits0 = if mode == Mode::Pool { Some(d.pool_fill(src, 1, POOL_FILL_TIMEOUT).await?.hits) } else { None };
+        let rep = self.tine_fork(req).await;
+        if let Some(h0) = hits0 {
+            let hits = d.client.pools().await?.into_iter().find(|p| p.spec.source == src).map(|p| p.hits);
+            d.pool_remove(src).await?;
+            if hits <= Some(h0) {
+                let _ = d.remove(&[name.clone()]).await;
+                bail!("the fork did not claim a pool entry (hits {h0} → {hits:?})");
+            }
+        }
+        let rep = rep?;
+        d.remove(&[name]).await?;
         let f = rep.forks.first().ok_or_else(|| anyhow!("empty fork report"))?;
         if let Some(e) = &f.error {
             bail!("fork failed: {e}");
@@ -379,6 +393,8 @@ impl<'a> FsRun<'a> {
                     failed: n as usize,
                     mem: None,
                     source_cache_before: None,
+                    pool_mem: None,
+                    pool_hits: None,
                     disk: None,
                     phases: None,
                     error: Some(format!("{e:#}")),
@@ -409,16 +425,34 @@ impl<'a> FsRun<'a> {
         let used0 = fs_used_bytes(self.mount.path()).ok();
         let cache0 = procmem::cached_bytes(&files.memory).ok();
         let prefix = format!("b{m}-{}-{n}", mode.name());
+        let mut pool_mem = None;
+        let mut hits0 = 0;
+        if mode == Mode::Pool {
+            let p = d.pool_fill(&src, n, POOL_FILL_TIMEOUT).await?;
+            hits0 = p.hits;
+            let waiting = qemu_pids_waiting(&self.data_dir);
+            let mut pm = procmem::measure(&waiting);
+            pm.idle_cpu_pct_per_vm = procmem::idle_cpu_pct_per_vm(&waiting, tokio::time::sleep(Duration::from_secs(1))).await;
+            pool_mem = Some(pm);
+        }
         let req = ForkRequest {
-            source: src,
+            source: src.clone(),
             name: Some(prefix),
             count: Some(n),
             parallel: Some(self.ctx.cfg.parallel),
             ..Default::default()
         };
         let t0 = Instant::now();
-        let rep = self.tine_fork(req).await?;
+        let rep = self.tine_fork(req).await;
         let wall = ms(t0);
+        let mut pool_hits = None;
+        if mode == Mode::Pool {
+            // Stop the refill before measuring the forks.
+            let h = d.client.pools().await?.into_iter().find(|p| p.spec.source == src).map(|p| p.hits);
+            d.pool_remove(&src).await?;
+            pool_hits = h.map(|h| h - hits0);
+        }
+        let rep = rep?;
         let ok: Vec<_> = rep.forks.iter().filter(|f| f.error.is_none()).collect();
         let errs: Vec<String> = rep.forks.iter().filter_map(|f| f.error.clone()).collect();
         let run: Vec<f64> = ok.iter().filter_map(|f| f.running_ms).collect();
@@ -442,6 +476,8 @@ impl<'a> FsRun<'a> {
             failed: errs.len(),
             mem: Some(mem),
             source_cache_before: cache0,
+            pool_mem,
+            pool_hits,
             disk: Some(disk),
             phases: None,
             error: (!errs.is_empty()).then(|| errs.join("; ")),
@@ -503,6 +539,8 @@ impl<'a> FsRun<'a> {
             failed: errs.len(),
             mem: Some(mem),
             source_cache_before: cache0,
+            pool_mem: None,
+            pool_hits: None,
             disk: Some(disk),
             phases: (!phases.is_empty()).then(|| phase_medians(&phases)),
             error: (!errs.is_empty()).then(|| errs.join("; ")),
@@ -626,6 +664,24 @@ impl<'a> FsRun<'a> {
         self.res.boot_n = Some(b);
         Ok(())
     }
+}
+
+const POOL_FILL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// QEMUs under `data_dir` waiting for incoming state (warm-pool entries).
+fn qemu_pids_waiting(data_dir: &Path) -> Vec<i32> {
+    let needle = data_dir.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            comm.starts_with("qemu") && cmd.contains(&needle) && cmd.contains("-incoming defer")
+        })
+        .collect()
 }
 
 fn clone_kind(mode: Mode) -> CloneKind {
