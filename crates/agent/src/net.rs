@@ -1,19 +1,19 @@
 //! `configure_network`: give an interface its MAC, one IPv4 address, a default route and
 //! DNS servers.
 //!
-//! Done with netdevice ioctls and two rtnetlink messages, not by running `ip`: this is on a
-//! fork's critical path, and under TCG every new program costs milliseconds. Each step is
-//! skipped when the interface already has that value, so applying the same config twice
-//! changes nothing.
+//! Done with netdevice ioctls, not by running `ip`: this is on a fork's critical path, and
+//! under TCG every new program costs milliseconds. So does every kernel path a fork runs
+//! for the first time (its QEMU starts with an empty translation cache), which is why the
+//! work here is kept to the few ioctls that change something: each step is skipped when
+//! the interface already has that value, and what the agent did once before the fork
+//! (IPv6 off, resolv.conf written) is remembered in its memory, which forks inherit.
+//! Measured: rtnetlink (add the new address, delete the old with promote_secondaries) kept
+//! routes and neighbours but cost more in a fresh fork than these ioctls.
 //!
-//! Order: IPv6 off on the interface (tine networks are IPv4-only; set once at first boot,
-//! forks inherit it, and a MAC change then does no IPv6 address work), MAC (virtio-net
-//! passes it to the device, which filters on it), the address, link up, default route,
-//! resolv.conf. A fork's address is changed by adding the new one and deleting its
-//! source's with `promote_secondaries` on: the new address is promoted in place, so routes
-//! and the neighbour cache (the gateway's MAC) survive. Setting it with SIOCSIFADDR instead
-//! drops the last address twice (classful mask, then the real one): every route and
-//! neighbour entry is flushed and rebuilt.
+//! Order: IPv6 off on the interface (tine networks are IPv4-only; then a MAC change does no
+//! IPv6 address work), MAC (virtio-net passes it to the device, which filters on it), the
+//! address (setting it replaces the interface's primary address, so a fork drops its
+//! source's), link up, default route, resolv.conf.
 
 use std::fs;
 use std::io;
@@ -21,14 +21,20 @@ use std::mem;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use tine_agent_proto::{NetworkConfig, Reply};
 
 use crate::ops::{replace_file, Failure};
 
 const DEFAULT_INTERFACE: &str = "eth0";
-const NLMSG_HDR: usize = 16;
 const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// IPv6 is off on the interface (set once; forks inherit the flag with the setting).
+static IPV6_OFF: AtomicBool = AtomicBool::new(false);
+/// The resolv.conf this agent last wrote: not read or written again while unchanged.
+static RESOLV_WRITTEN: Mutex<Option<String>> = Mutex::new(None);
 
 /// A validated [`NetworkConfig`].
 #[derive(Debug, PartialEq, Eq)]
@@ -100,24 +106,20 @@ pub fn configure(cfg: &NetworkConfig) -> Result<Reply, Failure> {
     let name = plan.interface.as_str();
     let io = |what: &'static str| move |e: io::Error| Failure::io(&format!("{what} {name}"), &e);
 
-    set_sysctl(&format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), true)?;
-    set_sysctl(&format!("/proc/sys/net/ipv4/conf/{name}/promote_secondaries"), false)?;
+    if !IPV6_OFF.load(Ordering::Relaxed) {
+        ipv6_off(name)?;
+        IPV6_OFF.store(true, Ordering::Relaxed);
+    }
     if sock.hwaddr(name).map_err(io("read MAC of"))? != plan.mac {
         sock.set_hwaddr(name, plan.mac).map_err(io("set MAC of"))?;
     }
     let current = sock.addr(libc::SIOCGIFADDR, name).map_err(io("read address of"))?;
-    let netmask = sock.addr(libc::SIOCGIFNETMASK, name).map_err(io("read netmask of"))?;
-    if current != Some(plan.address) || netmask != Some(Ipv4Addr::from(mask_of(plan.prefix))) {
-        let index = sock.index(name).map_err(io("find"))?;
-        let nl = Netlink::new().map_err(|e| Failure::io("netlink socket", &e))?;
-        match nl.address(libc::RTM_NEWADDR, index, plan.address, plan.prefix) {
-            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(Failure::io("add address", &e)),
-            _ => {}
-        }
-        if let (Some(old), Some(mask)) = (current.filter(|a| *a != plan.address), netmask) {
-            let old_prefix = u32::from(mask).count_ones() as u8;
-            nl.address(libc::RTM_DELADDR, index, old, old_prefix).map_err(|e| Failure::io("remove the old address", &e))?;
-        }
+    if current != Some(plan.address) {
+        sock.set_addr(libc::SIOCSIFADDR, name, plan.address).map_err(io("set address of"))?;
+    }
+    let netmask = Ipv4Addr::from(mask_of(plan.prefix));
+    if sock.addr(libc::SIOCGIFNETMASK, name).map_err(io("read netmask of"))? != Some(netmask) {
+        sock.set_addr(libc::SIOCSIFNETMASK, name, netmask).map_err(io("set netmask of"))?;
     }
     sock.up(name).map_err(io("bring up"))?;
     if let Some(gw) = plan.gateway {
@@ -128,107 +130,25 @@ pub fn configure(cfg: &NetworkConfig) -> Result<Reply, Failure> {
     }
     if !plan.dns.is_empty() {
         let want = resolv_conf(&plan.dns);
-        if fs::read_to_string(RESOLV_CONF).ok().as_deref() != Some(want.as_str()) {
-            replace_file(Path::new(RESOLV_CONF), want.as_bytes(), 0o644).map_err(|e| Failure::io(RESOLV_CONF, &e))?;
+        let mut written = RESOLV_WRITTEN.lock().unwrap_or_else(|p| p.into_inner());
+        if written.as_deref() != Some(want.as_str()) {
+            if fs::read_to_string(RESOLV_CONF).ok().as_deref() != Some(want.as_str()) {
+                replace_file(Path::new(RESOLV_CONF), want.as_bytes(), 0o644).map_err(|e| Failure::io(RESOLV_CONF, &e))?;
+            }
+            *written = Some(want);
         }
     }
     Ok(Reply::Ok)
 }
 
-/// Set a boolean sysctl if it is not already `on` (one read when it is). A missing file
-/// (IPv6 not built in) is fine for `optional`.
-fn set_sysctl(path: &str, optional: bool) -> Result<(), Failure> {
-    match fs::read_to_string(path) {
+/// IPv6 off on `name` (nothing to do without IPv6 in the kernel).
+fn ipv6_off(name: &str) -> Result<(), Failure> {
+    let path = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
+    match fs::read_to_string(&path) {
         Ok(v) if v.trim() == "1" => Ok(()),
-        Ok(_) => fs::write(path, "1\n").map_err(|e| Failure::io(path, &e)),
-        Err(e) if optional && e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Failure::io(path, &e)),
-    }
-}
-
-/// An rtnetlink `RTM_NEWADDR` / `RTM_DELADDR` request for one IPv4 address, with an ack.
-pub fn address_message(kind: u16, seq: u32, index: u32, addr: Ipv4Addr, prefix: u8) -> Vec<u8> {
-    let mut flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
-    if kind == libc::RTM_NEWADDR {
-        flags |= (libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
-    }
-    let broadcast = Ipv4Addr::from(u32::from(addr) | !mask_of(prefix));
-    let attrs = [(libc::IFA_LOCAL, addr), (libc::IFA_ADDRESS, addr), (libc::IFA_BROADCAST, broadcast)];
-    let len = NLMSG_HDR + 8 + attrs.len() * 8;
-    let mut m = Vec::with_capacity(len);
-    m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&kind.to_ne_bytes());
-    m.extend_from_slice(&flags.to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    // struct ifaddrmsg: family, prefix length, flags, scope (universe), interface index.
-    m.extend_from_slice(&[libc::AF_INET as u8, prefix, 0, 0]);
-    m.extend_from_slice(&index.to_ne_bytes());
-    for (kind, a) in attrs {
-        m.extend_from_slice(&8u16.to_ne_bytes());
-        m.extend_from_slice(&kind.to_ne_bytes());
-        m.extend_from_slice(&a.octets());
-    }
-    m
-}
-
-/// The errno of an `NLMSG_ERROR` ack for `seq` (0: success), if `reply` is one.
-pub fn ack_errno(reply: &[u8], seq: u32) -> Option<i32> {
-    let word = |at: usize| reply.get(at..at + 4).map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")));
-    let kind = u16::from_ne_bytes(reply.get(4..6)?.try_into().ok()?);
-    if kind != libc::NLMSG_ERROR as u16 || word(8)? != seq {
-        return None;
-    }
-    Some(-(word(NLMSG_HDR)? as i32))
-}
-
-/// A NETLINK_ROUTE socket for address changes.
-struct Netlink(OwnedFd);
-
-impl Netlink {
-    fn new() -> io::Result<Netlink> {
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a freshly created descriptor that nothing else owns.
-        Ok(Netlink(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    fn address(&self, kind: u16, index: u32, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
-        let seq = u32::from(kind);
-        let msg = address_message(kind, seq, index, addr, prefix);
-        // SAFETY: zeroed sockaddr_nl is valid; pid 0 addresses the kernel.
-        let mut to: libc::sockaddr_nl = unsafe { mem::zeroed() };
-        to.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: msg and to are valid for the lengths given for the duration of the call.
-        let sent = unsafe {
-            libc::sendto(
-                self.0.as_raw_fd(),
-                msg.as_ptr().cast(),
-                msg.len(),
-                0,
-                (&to as *const libc::sockaddr_nl).cast(),
-                mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut buf = [0u8; 1024];
-        loop {
-            // SAFETY: buf is valid for writes of its length.
-            let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            match ack_errno(&buf[..n as usize], seq) {
-                Some(0) => return Ok(()),
-                Some(errno) => return Err(io::Error::from_raw_os_error(errno)),
-                None => continue,
-            }
-        }
+        Ok(_) => fs::write(&path, "1\n").map_err(|e| Failure::io(&path, &e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Failure::io(&path, &e)),
     }
 }
 
@@ -340,11 +260,11 @@ impl Socket {
         }
     }
 
-    fn index(&self, name: &str) -> io::Result<u32> {
+    /// SIOCSIFADDR / SIOCSIFNETMASK.
+    fn set_addr(&self, request: libc::c_ulong, name: &str, addr: Ipv4Addr) -> io::Result<()> {
         let mut req = Self::ifreq(name);
-        self.call(libc::SIOCGIFINDEX, &mut req)?;
-        // SAFETY: SIOCGIFINDEX filled the ifindex member of the union.
-        Ok(unsafe { req.ifr_ifru.ifru_ifindex } as u32)
+        req.ifr_ifru.ifru_addr = sockaddr_in(addr);
+        self.call(request, &mut req)
     }
 
     fn up(&self, name: &str) -> io::Result<()> {
@@ -427,26 +347,6 @@ mod tests {
         for c in bad {
             assert_eq!(parse(&c).unwrap_err().code, ErrorCode::InvalidArgument, "{c:?}");
         }
-    }
-
-    #[test]
-    fn address_requests_carry_index_prefix_and_addresses_and_acks_parse() {
-        let m = address_message(libc::RTM_NEWADDR, 7, 2, Ipv4Addr::new(10, 209, 0, 5), 16);
-
-        assert_eq!(m.len(), 48);
-        assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()), 48);
-        assert_eq!(u16::from_ne_bytes(m[4..6].try_into().unwrap()), libc::RTM_NEWADDR);
-        assert_eq!(&m[16..20], &[libc::AF_INET as u8, 16, 0, 0]);
-        assert_eq!(u32::from_ne_bytes(m[20..24].try_into().unwrap()), 2);
-        assert_eq!(&m[28..32], &[10, 209, 0, 5], "IFA_LOCAL");
-        assert_eq!(&m[44..48], &[10, 209, 255, 255], "IFA_BROADCAST");
-        let mut ack = vec![0u8; 36];
-        ack[4..6].copy_from_slice(&(libc::NLMSG_ERROR as u16).to_ne_bytes());
-        ack[8..12].copy_from_slice(&7u32.to_ne_bytes());
-        assert_eq!(ack_errno(&ack, 7), Some(0));
-        ack[16..20].copy_from_slice(&(-libc::EEXIST).to_ne_bytes());
-        assert_eq!(ack_errno(&ack, 7), Some(libc::EEXIST));
-        assert_eq!(ack_errno(&ack, 8), None, "another request's ack");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tine_agent_proto::client::AgentError;
+use tine_agent_proto::{ErrorCode, ExecRequest, NetworkConfig};
 use tracing::{info, warn};
 
 use super::{CleanupReport, Lease, NetworkMode};
@@ -64,9 +65,22 @@ impl Manager {
     pub(crate) async fn network_up(&self, slot: &Slot, rec: &InstanceRecord) -> Result<(), ManagerError> {
         let Some(lease) = &rec.network else { return Ok(()) };
         let t0 = Instant::now();
-        agent::configure_network(&slot.agent, &self.net.guest_config(lease))
-            .await
-            .map_err(|e| self.agent_err(slot, e))?;
+        let config = self.net.guest_config(lease);
+        match agent::configure_network(&slot.agent, &config).await {
+            // An agent older than configure_network (an image built before
+            // it): the same steps with the guest's `ip`.
+            Err(AgentError::Remote { code: ErrorCode::BadRequest, .. }) => {
+                warn!(name = rec.name, "guest agent lacks configure_network; using `ip` in the guest (rebuild the image)");
+                let out = agent::exec(&slot.agent, &ExecRequest::new(["sh", "-c", &ip_script(&config)]))
+                    .await
+                    .map_err(|e| self.agent_err(slot, e))?;
+                if !out.status.success() {
+                    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+                    return Err(ManagerError::Failed(format!("configuring the guest network with `ip` failed: {stderr}")));
+                }
+            }
+            r => r.map_err(|e| self.agent_err(slot, e))?,
+        }
         let guest_ms = ms(t0);
         self.net.attach(lease).await?;
         info!(name = rec.name, ip = %lease.ip, mac = lease.mac, guest_ms, total_ms = ms(t0), "network up");
@@ -130,5 +144,48 @@ impl Manager {
         let report = self.net.cleanup(&live, live.len()).await?;
         info!(?report, "system cleanup");
         Ok(report)
+    }
+}
+
+/// `configure_network` as a shell script for the guest's `ip` (busybox or
+/// iproute2). Values come from a lease, never from the guest.
+fn ip_script(c: &NetworkConfig) -> String {
+    let dev = c.interface.as_deref().unwrap_or("eth0");
+    let mut script = format!(
+        "set -e; ip link set dev {dev} address {mac}; ip -4 addr flush dev {dev}; \
+         ip addr add {addr} dev {dev}; ip link set dev {dev} up",
+        mac = c.mac,
+        addr = c.address
+    );
+    if let Some(gw) = &c.gateway {
+        script.push_str(&format!("; ip route replace default via {gw} dev {dev}"));
+    }
+    if !c.dns.is_empty() {
+        let lines: String = c.dns.iter().map(|d| format!("nameserver {d}\\n")).collect();
+        script.push_str(&format!("; printf '{lines}' > /etc/resolv.conf"));
+    }
+    script
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ip_fallback_sets_mac_address_route_and_dns() {
+        let c = NetworkConfig {
+            interface: None,
+            mac: "02:74:0a:d1:00:05".into(),
+            address: "10.209.0.5/16".into(),
+            gateway: Some("10.209.0.1".into()),
+            dns: vec!["192.0.2.53".into()],
+        };
+
+        let s = ip_script(&c);
+
+        assert!(s.starts_with("set -e; ip link set dev eth0 address 02:74:0a:d1:00:05; ip -4 addr flush dev eth0;"), "{s}");
+        assert!(s.contains("ip addr add 10.209.0.5/16 dev eth0; ip link set dev eth0 up"), "{s}");
+        assert!(s.contains("ip route replace default via 10.209.0.1 dev eth0"), "{s}");
+        assert!(s.ends_with("printf 'nameserver 192.0.2.53\\n' > /etc/resolv.conf"), "{s}");
     }
 }
