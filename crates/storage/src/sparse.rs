@@ -78,7 +78,7 @@ impl<S: Sys> Engine<'_, S> {
         while off < end {
             // Ask for the next chunk before copying this one. Without it a
             // cold copy_file_range reads in small synchronous pieces: about
-            // 3x slower than cp on an overlay of scattered 256 KiB extents.
+            // 3x slower than pread/pwrite on scattered 256 KiB extents.
             let ahead = (off + 2 * CHUNK).min(end);
             if fetched < ahead {
                 let len = std::num::NonZeroU64::new(ahead - fetched);
