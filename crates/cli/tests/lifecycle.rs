@@ -83,6 +83,11 @@ fn a_vm_that_died_while_the_daemon_was_down_is_marked_error() {
     d.stop_daemon();
 
     kill9(pid);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pid_alive(pid) {
+        assert!(std::time::Instant::now() < deadline, "kill -9 did not take");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     d.restart();
 
     assert_eq!(d.state("gone"), "error");
