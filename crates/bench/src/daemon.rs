@@ -28,7 +28,7 @@ impl Daemon {
     /// Start `tine serve --data-dir DIR --fork-memory MODE` and wait for its API.
     pub async fn start(o: &DaemonOpts<'_>, data_dir: &Path, fork_memory: &str) -> Result<Daemon> {
         std::fs::create_dir_all(data_dir)?;
-        let log = data_dir.join(format!("daemon-{fork_memory}.log"));
+        let log = data_dir.join("daemon-tine.log");
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
         let mut cmd = Command::new(o.tine);
         cmd.arg("serve")

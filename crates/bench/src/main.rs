@@ -101,6 +101,7 @@ async fn run(args: &Args, cfg: Config, steps: &[Step]) -> Result<usize> {
         qemu: args.qemu.clone(),
         images_dir: args.images_dir.clone(),
         network: args.network.clone(),
+        logs_dir: args.logs_dir.clone(),
         clone_cfg: Arc::new(bare::CloneCfg { qemu: args.qemu.clone(), image, accel: accel.accel }),
     };
     let mut results = Results {

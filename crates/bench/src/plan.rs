@@ -178,6 +178,9 @@ pub struct Args {
     /// changes; the bare baselines need it, their QEMUs have no NIC).
     #[arg(long, default_value = "none")]
     pub network: String,
+    /// Copy the daemons' logs here before each filesystem is torn down.
+    #[arg(long)]
+    pub logs_dir: Option<std::path::PathBuf>,
     /// Write all results as JSON to this file.
     #[arg(long)]
     pub json_out: Option<std::path::PathBuf>,

@@ -27,6 +27,7 @@ pub struct Ctx {
     pub qemu: PathBuf,
     pub images_dir: PathBuf,
     pub network: String,
+    pub logs_dir: Option<PathBuf>,
     pub clone_cfg: Arc<CloneCfg>,
 }
 
@@ -134,7 +135,8 @@ impl<'a> FsRun<'a> {
             Step::BootN { mem_mib, count, touch_mib } => self.boot_n(*mem_mib, *count, *touch_mib).await,
         };
         if let Err(e) = r {
-            let msg = format!("{step}: {e:#}");
+            let tail = self.daemon.as_ref().map(|d| d.log_tail(12)).unwrap_or_default();
+            let msg = format!("{step}: {e:#}\n  daemon log (last lines):\n{tail}");
             log(self.fs(), format!("ERROR {msg}"));
             self.res.errors.push(msg);
             self.tidy().await;
@@ -160,6 +162,16 @@ impl<'a> FsRun<'a> {
     pub async fn teardown(mut self) -> FsResults {
         if let Some(d) = &self.daemon {
             let _ = d.remove_all_except(&[]).await;
+        }
+        if let Some(dir) = &self.ctx.logs_dir {
+            // Keep the daemon logs: the data dir goes with the mount.
+            let _ = std::fs::create_dir_all(dir);
+            for e in std::fs::read_dir(&self.data_dir).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("daemon-") && name.ends_with(".log") {
+                    let _ = std::fs::copy(e.path(), dir.join(format!("{}-{name}", self.fs().name())));
+                }
+            }
         }
         if let Some(mut d) = self.daemon.take() {
             d.stop().await;
