@@ -65,7 +65,7 @@ fn main() -> ExitCode {
         run(&args, cfg, &steps).await
     });
     match result {
-        Ok(errors) if errors == 0 => ExitCode::SUCCESS,
+        Ok(0) => ExitCode::SUCCESS,
         Ok(errors) => {
             eprintln!("tine-bench: finished with {errors} error(s); see the table and JSON");
             ExitCode::from(1)

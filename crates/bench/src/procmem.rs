@@ -8,8 +8,8 @@
 //! - `memfile_cache`: page cache of the memory files (mincore), each inode
 //!   counted once — for forks sharing one inode this is the shared cache;
 //! - `host_total` = Σ PSS − Σ (file-backed PSS of the guest-RAM mappings)
-//!   + `memfile_cache`: every private page of every VM (TCG buffers, QEMU
-//!   heap, the copy-on-write pages each guest dirtied) plus the memory
+//!   plus `memfile_cache`: every private page of every VM (TCG buffers,
+//!   QEMU heap, the copy-on-write pages each guest dirtied) plus the memory
 //!   files' page cache counted once, including cached pages no VM maps.
 
 use std::collections::BTreeMap;

@@ -364,7 +364,7 @@ pub fn render(r: &Results) -> String {
             let d = c.disk.clone().unwrap_or_default();
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} | {} | {} |",
                 fr.fs.kind.name(),
                 c.mem_mib,
                 mode_label(c.mode),
@@ -372,7 +372,8 @@ pub fn render(r: &Results) -> String {
                 mib(mm.host_total as f64),
                 mib(mm.host_per_vm),
                 mib(mm.pss_sum as f64),
-                format!("{} ({})", mib(mm.memfile_cache as f64), mib_o(c.source_cache_before.map(|b| b as f64))),
+                mib(mm.memfile_cache as f64),
+                mib_o(c.source_cache_before.map(|b| b as f64)),
                 mib(mm.ram_cow_sum as f64),
                 mib(mm.rss_sum as f64),
                 x(ratio(Some(mm.host_total as f64), link.map(|l| l.host_total as f64))),

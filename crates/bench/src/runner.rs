@@ -131,7 +131,7 @@ impl<'a> FsRun<'a> {
             Step::Source { mem_mib, touch_mib } => self.source(*mem_mib, *touch_mib).await,
             Step::Singles { mem_mib, modes, reps } => self.singles(*mem_mib, modes, *reps).await,
             Step::Burst { mem_mib, mode, count } => self.burst(*mem_mib, *mode, *count).await,
-            Step::FromRunning { mem_mib, reps } => self.from_running(*mem_mib, *reps).await,
+            Step::FromRunning { mem_mib, reps } => self.fork_from_running(*mem_mib, *reps).await,
             Step::BootN { mem_mib, count, touch_mib } => self.boot_n(*mem_mib, *count, *touch_mib).await,
         };
         if let Err(e) = r {
@@ -296,7 +296,7 @@ impl<'a> FsRun<'a> {
 
     async fn singles(&mut self, m: u32, modes: &[Mode], reps: u32) -> Result<()> {
         let (src, files) = self.source_of(m)?;
-        let mut samples: BTreeMap<Mode, (Vec<f64>, Vec<f64>, Vec<Phases>, Vec<String>)> = BTreeMap::new();
+        let mut samples: BTreeMap<Mode, Samples> = BTreeMap::new();
         for rep in 0..=reps {
             for &mode in modes {
                 let s = match mode.daemon_mode() {
@@ -347,7 +347,7 @@ impl<'a> FsRun<'a> {
 
     async fn tine_fork(&self, req: ForkRequest) -> Result<ForkReport> {
         let d = self.d()?;
-        Ok(d.client.fork(&req).await.with_context(|| format!("fork {}", req.source))?)
+        d.client.fork(&req).await.with_context(|| format!("fork {}", req.source))
     }
 
     async fn tine_single(&self, src: &str, m: u32, mode: Mode, rep: u32) -> Result<(f64, f64)> {
@@ -360,7 +360,7 @@ impl<'a> FsRun<'a> {
             let hits = d.client.pools().await?.into_iter().find(|p| p.spec.source == src).map(|p| p.hits);
             d.pool_remove(src).await?;
             if hits <= Some(h0) {
-                let _ = d.remove(&[name.clone()]).await;
+                let _ = d.remove(std::slice::from_ref(&name)).await;
                 bail!("the fork did not claim a pool entry (hits {h0} → {hits:?})");
             }
         }
@@ -561,7 +561,7 @@ impl<'a> FsRun<'a> {
 
     // ---- fork from running --------------------------------------------------
 
-    async fn from_running(&mut self, m: u32, reps: u32) -> Result<()> {
+    async fn fork_from_running(&mut self, m: u32, reps: u32) -> Result<()> {
         let d = self.d()?;
         let live = format!("live-{m}");
         d.run_vm(&live, m).await?;
@@ -677,6 +677,9 @@ impl<'a> FsRun<'a> {
         Ok(())
     }
 }
+
+/// Per mode: running ms, ready ms, phases (bare clones), errors.
+type Samples = (Vec<f64>, Vec<f64>, Vec<Phases>, Vec<String>);
 
 const POOL_FILL_TIMEOUT: Duration = Duration::from_secs(600);
 
