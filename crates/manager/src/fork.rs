@@ -158,6 +158,39 @@ impl Base {
 }
 
 impl Base {
+    /// The record of a new fork (or warm-pool entry) of this base.
+    pub(crate) fn new_record(
+        &self,
+        id: String,
+        name: String,
+        memory: MemoryMapping,
+        pooled: bool,
+        network: Option<crate::network::Lease>,
+    ) -> InstanceRecord {
+        InstanceRecord {
+            schema: SCHEMA,
+            id,
+            name,
+            state: State::Created,
+            image: self.image.clone(),
+            memory_mib: self.memory_mib,
+            vcpus: self.vcpus,
+            accel: self.accel,
+            created_at: now_unix(),
+            process: None,
+            error: None,
+            boot_ms: None,
+            memory,
+            ram_in_state: self.ram_in_state,
+            parent: Some(self.label.clone()),
+            template: self.template.clone(),
+            pending_standby: false,
+            state_digest: self.state_digest,
+            pooled,
+            network,
+        }
+    }
+
     /// Refuse a corrupt or truncated base before any fork loads it.
     fn verify(&self) -> Result<(), ManagerError> {
         if !self.has_state {
@@ -397,28 +430,7 @@ impl Manager {
                 return out;
             }
         };
-        let record = InstanceRecord {
-            schema: SCHEMA,
-            id,
-            name: name.clone(),
-            state: State::Created,
-            image: base.image.clone(),
-            memory_mib: base.memory_mib,
-            vcpus: base.vcpus,
-            accel: base.accel,
-            created_at: now_unix(),
-            process: None,
-            error: None,
-            boot_ms: None,
-            memory,
-            ram_in_state: base.ram_in_state,
-            parent: Some(base.label.clone()),
-            template: base.template.clone(),
-            pending_standby: false,
-            state_digest: base.state_digest,
-            pooled: false,
-            network: network.clone(),
-        };
+        let record = base.new_record(id, name.clone(), memory, false, network.clone());
         let slot = match self.reserve(record) {
             Ok(s) => s,
             Err(e) => {

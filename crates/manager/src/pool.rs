@@ -25,8 +25,6 @@ use tracing::{info, warn};
 use crate::error::{chain, ManagerError};
 use crate::fork::{Base, ForkFrom, ForkRequest};
 use crate::ops::STATE_FILE;
-use crate::record::{InstanceRecord, SCHEMA};
-use crate::state::State;
 use crate::{image, names, now_unix, Manager, Slot};
 
 pub const MAX_POOL_SIZE: u32 = 64;
@@ -222,28 +220,7 @@ impl Manager {
         let image = image::load(&self.cfg.images_dir, &base.image)?;
         let id = names::new_id();
         let network = self.network_lease_if(base.network, &id)?;
-        let record = InstanceRecord {
-            schema: SCHEMA,
-            id: id.clone(),
-            name: format!("pool-{id}"),
-            state: State::Created,
-            image: base.image.clone(),
-            memory_mib: base.memory_mib,
-            vcpus: base.vcpus,
-            accel: base.accel,
-            created_at: now_unix(),
-            process: None,
-            error: None,
-            boot_ms: None,
-            memory: MemoryMapping::Private,
-            ram_in_state: base.ram_in_state,
-            parent: Some(base.label.clone()),
-            template: base.template.clone(),
-            pending_standby: false,
-            state_digest: base.state_digest,
-            pooled: true,
-            network: network.clone(),
-        };
+        let record = base.new_record(id.clone(), format!("pool-{id}"), MemoryMapping::Private, true, network.clone());
         let slot = match self.reserve(record) {
             Ok(s) => s,
             Err(e) => {
