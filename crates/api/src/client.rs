@@ -139,23 +139,16 @@ impl Client {
     pub async fn fork_stream(&self, req: &ForkRequest, mut on_fork: impl FnMut(&ForkOutcome)) -> Result<ForkReport, ClientError> {
         let body = serde_json::to_vec(req).expect("request serializes");
         let resp = self.send(Method::POST, &format!("{}?stream=true", fork_path(req)), Some(body)).await?;
-        let mut body = resp.into_body();
-        let mut buf: Vec<u8> = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| ClientError::Protocol(e.to_string()))?;
-            let Some(data) = frame.data_ref() else { continue };
-            buf.extend_from_slice(data);
-            while let Some(i) = buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=i).collect();
-                let v: serde_json::Value = serde_json::from_slice(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
-                if let Some(f) = v.get("fork") {
-                    let f: ForkOutcome = serde_json::from_value(f.clone()).map_err(|e| ClientError::Protocol(e.to_string()))?;
-                    on_fork(&f);
-                } else if let Some(r) = v.get("report") {
-                    return serde_json::from_value(r.clone()).map_err(|e| ClientError::Protocol(e.to_string()));
-                } else if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
-                    return Err(ClientError::Api { status: 500, kind: "fork".into(), message: e.into() });
-                }
+        let mut lines = Lines::new(resp.into_body());
+        while let Some(line) = lines.next().await? {
+            let v: serde_json::Value = serde_json::from_slice(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            if let Some(f) = v.get("fork") {
+                let f: ForkOutcome = serde_json::from_value(f.clone()).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                on_fork(&f);
+            } else if let Some(r) = v.get("report") {
+                return serde_json::from_value(r.clone()).map_err(|e| ClientError::Protocol(e.to_string()));
+            } else if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+                return Err(ClientError::Api { status: 500, kind: "fork".into(), message: e.into() });
             }
         }
         Err(ClientError::Protocol("fork stream ended without a report".into()))
@@ -226,17 +219,10 @@ impl Client {
     ) -> Result<(), ClientError> {
         let body = serde_json::to_vec(req).expect("request serializes");
         let resp = self.send(Method::POST, &format!("/v1/instances/{}/exec?stream=true", seg(name)), Some(body)).await?;
-        let mut body = resp.into_body();
-        let mut buf: Vec<u8> = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| ClientError::Protocol(e.to_string()))?;
-            let Some(data) = frame.data_ref() else { continue };
-            buf.extend_from_slice(data);
-            while let Some(i) = buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=i).collect();
-                let f: ExecFrame = serde_json::from_slice(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
-                on_frame(f);
-            }
+        let mut lines = Lines::new(resp.into_body());
+        while let Some(line) = lines.next().await? {
+            let f: ExecFrame = serde_json::from_slice(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            on_frame(f);
         }
         Ok(())
     }
@@ -252,6 +238,31 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+/// Newline-delimited lines of a streamed (NDJSON) response body.
+struct Lines {
+    body: Incoming,
+    buf: Vec<u8>,
+}
+
+impl Lines {
+    fn new(body: Incoming) -> Lines {
+        Lines { body, buf: Vec::new() }
+    }
+
+    async fn next(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                return Ok(Some(self.buf.drain(..=i).collect()));
+            }
+            let Some(frame) = self.body.frame().await else { return Ok(None) };
+            let frame = frame.map_err(|e| ClientError::Protocol(e.to_string()))?;
+            if let Some(data) = frame.data_ref() {
+                self.buf.extend_from_slice(data);
+            }
+        }
     }
 }
 
