@@ -18,7 +18,12 @@ fn a_burst_of_ten_with_one_injected_failure_makes_nine_forks_and_no_residue() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["ok"], 9);
     assert_eq!(report["failed"], 1);
-    let failed: Vec<_> = report["forks"].as_array().unwrap().iter().filter(|f| !f["error"].is_null()).collect();
+    let failed: Vec<_> = report["forks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| !f["error"].is_null())
+        .collect();
     assert_eq!(failed[0]["name"], "b-7");
     assert!(failed[0]["error"].as_str().unwrap().contains("failpoint"));
     assert!(!names(&d).contains(&"b-7".to_string()));
@@ -99,7 +104,10 @@ fn standby_crash(point: &str, want: &str) {
     }
     let before = common::counter(&d, "v");
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(common::counter(&d, "v") > before, "the guest runs on after {point}");
+    assert!(
+        common::counter(&d, "v") > before,
+        "the guest runs on after {point}"
+    );
     assert_eq!(d.sh("v", "cat /run/counter.pid").trim(), pid);
     assert_eq!(qemu_processes(&d), 1);
 }
@@ -131,7 +139,9 @@ fn daemon_killed_mid_snapshot_leaves_no_snapshot_and_a_running_source() {
     d.restart_with_env(&[]);
 
     assert_eq!(d.json(&["snapshot", "ls"]).as_array().unwrap().len(), 0);
-    let leftovers = std::fs::read_dir(d.data_dir.join("snapshots")).unwrap().count();
+    let leftovers = std::fs::read_dir(d.data_dir.join("snapshots"))
+        .unwrap()
+        .count();
     assert_eq!(leftovers, 0, "the half-made snapshot directory was swept");
     assert_eq!(d.state("src"), "running");
     assert_eq!(d.sh("src", "echo alive"), "alive\n");
@@ -157,10 +167,50 @@ fn corrupt_device_state_or_truncated_memory_is_refused_and_nothing_is_lost() {
     assert!(err.contains("corrupt or truncated"), "{err}");
 
     std::fs::write(dir.join("vmstate"), &state).unwrap();
-    let mem = std::fs::OpenOptions::new().write(true).open(dir.join("memory")).unwrap();
+    let mem = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("memory"))
+        .unwrap();
     let len = mem.metadata().unwrap().len();
     mem.set_len(len / 2).unwrap();
     let err = d.fails(&["restore", "c"]);
     assert!(err.contains("truncated"), "{err}");
     assert_eq!(d.state("c"), "standby");
+}
+
+#[test]
+fn a_vm_killed_while_booting_fails_the_run_at_once_and_leaves_nothing() {
+    let d = Daemon::start();
+    let instances = d.data_dir.join("instances");
+    let killer = std::thread::spawn(move || {
+        // Kill QEMU once the guest kernel prints (its vCPUs run), long
+        // before the guest agent (seconds of boot away) can answer.
+        for _ in 0..6000 {
+            let pid = std::fs::read_dir(&instances)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| {
+                    std::fs::metadata(e.path().join("console.log")).is_ok_and(|m| m.len() > 0)
+                })
+                .find_map(|e| std::fs::read_to_string(e.path().join("qemu.pid")).ok())
+                .and_then(|t| t.trim().parse::<i32>().ok());
+            if let Some(pid) = pid.filter(|p| common::is_qemu(*p)) {
+                common::kill9(pid);
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        false
+    });
+    let err = d.fails(&["run", "--name", "v"]);
+    assert!(killer.join().unwrap(), "QEMU never showed up");
+    assert!(
+        err.contains("the VM process exited while the guest was booting"),
+        "{err}"
+    );
+    assert!(err.contains("last hypervisor log lines"), "{err}");
+    assert!(names(&d).is_empty());
+    assert_eq!(instance_dirs(&d), 0);
+    assert_eq!(qemu_processes(&d), 0);
 }

@@ -31,7 +31,9 @@ impl FromStr for Accel {
         match s {
             "kvm" => Ok(Accel::Kvm),
             "tcg" => Ok(Accel::Tcg),
-            other => Err(format!("unknown accelerator {other:?} (expected kvm or tcg)")),
+            other => Err(format!(
+                "unknown accelerator {other:?} (expected kvm or tcg)"
+            )),
         }
     }
 }
@@ -48,9 +50,16 @@ pub struct AccelChoice {
 pub fn detect_accel() -> AccelChoice {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let hw = cpu_has_virt(&cpuinfo);
-    let kvm_ok = OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let kvm_ok = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
     match (hw, kvm_ok) {
-        (true, true) => AccelChoice { accel: Accel::Kvm, warning: None },
+        (true, true) => AccelChoice {
+            accel: Accel::Kvm,
+            warning: None,
+        },
         (false, _) => AccelChoice {
             accel: Accel::Tcg,
             warning: Some(
@@ -83,7 +92,9 @@ mod tests {
 
     #[test]
     fn flags_without_vmx_or_svm_do_not() {
-        assert!(!cpu_has_virt("flags\t\t: fpu vme sse hypervisor\nmodel name: svm-like\n"));
+        assert!(!cpu_has_virt(
+            "flags\t\t: fpu vme sse hypervisor\nmodel name: svm-like\n"
+        ));
     }
 
     #[test]

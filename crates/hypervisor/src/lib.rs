@@ -74,7 +74,11 @@ pub enum Boot {
     /// (saved with [`RamSave::InState`]) and loading writes it into the
     /// mapping; otherwise RAM is what the memory file holds. The VM is left
     /// running.
-    Restore { state_file: PathBuf, mapping: MemoryMapping, ram_in_state: bool },
+    Restore {
+        state_file: PathBuf,
+        mapping: MemoryMapping,
+        ram_in_state: bool,
+    },
 }
 
 /// Where a save puts guest RAM.
@@ -93,6 +97,8 @@ pub enum RamSave {
 pub struct VmEndpoints {
     pub agent_socket: PathBuf,
     pub console_log: PathBuf,
+    /// The hypervisor's own log (its errors and warnings).
+    pub hypervisor_log: PathBuf,
 }
 
 /// Timings of a save, for metrics and reports.
@@ -120,7 +126,10 @@ pub enum HvError {
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, &'static str),
     #[error("{op} is not supported by the {backend} backend")]
-    Unsupported { backend: &'static str, op: &'static str },
+    Unsupported {
+        backend: &'static str,
+        op: &'static str,
+    },
     #[error("I/O error on {path}")]
     Io {
         path: PathBuf,
@@ -131,7 +140,10 @@ pub enum HvError {
 
 impl HvError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        HvError::Io { path: path.to_path_buf(), source }
+        HvError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -169,7 +181,12 @@ pub trait Hypervisor: Send + Sync {
 
     /// Pause the VM and write its device state to `state_file`, with RAM
     /// where `ram` says. The VM stays paused.
-    async fn save_state(&self, run_dir: &Path, state_file: &Path, ram: RamSave) -> Result<SaveReport, HvError>;
+    async fn save_state(
+        &self,
+        run_dir: &Path,
+        state_file: &Path,
+        ram: RamSave,
+    ) -> Result<SaveReport, HvError>;
 
     /// Ask the process to exit (flushing disks), then kill it if it has not
     /// exited within `grace`.

@@ -18,7 +18,10 @@ pub struct VmProcess {
 impl VmProcess {
     /// Identify a live pid now.
     pub fn of_pid(pid: i32) -> io::Result<VmProcess> {
-        Ok(VmProcess { pid, start_time: process_start_time(pid)? })
+        Ok(VmProcess {
+            pid,
+            start_time: process_start_time(pid)?,
+        })
     }
 }
 
@@ -31,7 +34,10 @@ pub fn process_start_time(pid: i32) -> io::Result<u64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let state = fields.first().copied().unwrap_or("");
     if state == "Z" || state == "X" {
-        return Err(io::Error::new(io::ErrorKind::NotFound, "process is a zombie"));
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "process is a zombie",
+        ));
     }
     fields
         .get(19)
@@ -79,13 +85,19 @@ mod tests {
     #[test]
     fn different_start_time_is_not_the_same_process() {
         let me = VmProcess::of_pid(std::process::id() as i32).unwrap();
-        let other = VmProcess { start_time: me.start_time + 1, ..me };
+        let other = VmProcess {
+            start_time: me.start_time + 1,
+            ..me
+        };
         assert!(!process_alive(&other));
     }
 
     #[tokio::test]
     async fn wait_exit_resolves_when_a_process_dies() {
-        let mut child = std::process::Command::new("sleep").arg("0.2").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
         let proc = VmProcess::of_pid(child.id() as i32).unwrap();
         let waiter = tokio::spawn(wait_exit(proc));
         std::thread::sleep(std::time::Duration::from_millis(50));

@@ -11,7 +11,9 @@ use crate::error::{chain, ManagerError};
 use crate::image::{self, Image};
 use crate::record::{InstanceRecord, SCHEMA};
 use crate::state::{check, Op, State};
-use crate::{agent, memfile, names, now_unix, ExecRequest, InstanceInfo, Manager, RunRequest, Slot};
+use crate::{
+    agent, memfile, names, now_unix, ExecRequest, InstanceInfo, Manager, RunRequest, Slot,
+};
 
 pub(crate) const ROOT_DISK: &str = "overlay.qcow2";
 pub(crate) const MEMORY_FILE: &str = "memory";
@@ -82,7 +84,10 @@ impl Manager {
     /// Insert a new slot under a unique name, with its directory and record.
     pub(crate) fn reserve(&self, record: InstanceRecord) -> Result<Arc<Slot>, ManagerError> {
         let mut slots = self.slots.write().expect("slots");
-        if slots.values().any(|s| s.rec.lock().expect("rec").name == record.name) {
+        if slots
+            .values()
+            .any(|s| s.rec.lock().expect("rec").name == record.name)
+        {
             return Err(ManagerError::AlreadyExists(record.name));
         }
         let dir = self.instance_dir(&record.id);
@@ -102,7 +107,11 @@ impl Manager {
         Ok(slot)
     }
 
-    pub(crate) async fn create_and_boot(self: &Arc<Self>, slot: &Arc<Slot>, image: &Image) -> Result<(), ManagerError> {
+    pub(crate) async fn create_and_boot(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        image: &Image,
+    ) -> Result<(), ManagerError> {
         create_overlay(&image.rootfs, &slot.dir.join(ROOT_DISK)).await?;
         self.boot(slot, image, Boot::Fresh, None).await.map(|_| ())
     }
@@ -125,7 +134,8 @@ impl Manager {
         let t0 = Instant::now();
         let proc = self.hv.start(&spec, boot).await?;
         let running_ms = ms(t0);
-        self.finish_boot(slot, proc, t0, running_ms, identity, restoring).await
+        self.finish_boot(slot, proc, t0, running_ms, identity, restoring)
+            .await
     }
 
     /// Everything after the VM's vCPUs run: record the process, watch it,
@@ -153,12 +163,18 @@ impl Manager {
         })?;
         self.watch(slot.clone(), proc);
         let endpoints = self.hv.endpoints(&slot.dir);
-        let ready = agent::wait_ready(&slot.agent, &endpoints.agent_socket, self.cfg.boot_timeout).await;
-        if let Err(e) = ready {
-            let tail = console_tail(&endpoints.console_log, 8);
+        // A VM that dies while booting fails the boot now, not at the timeout.
+        let ready = tokio::select! {
+            r = agent::wait_ready(&slot.agent, &endpoints.agent_socket, self.cfg.boot_timeout) => {
+                r.map_err(|e| format!("guest agent did not answer: {}", chain(&e)))
+            }
+            Ok(()) = tine_hypervisor::wait_exit(proc) => Err("the VM process exited while the guest was booting".to_string()),
+        };
+        if let Err(why) = ready {
+            let console = console_tail(&endpoints.console_log, 8);
+            let hv = console_tail(&endpoints.hypervisor_log, 8);
             return Err(ManagerError::Failed(format!(
-                "guest agent did not answer: {}; last console lines:\n{tail}",
-                chain(&e)
+                "{why}; last console lines:\n{console}\nlast hypervisor log lines:\n{hv}"
             )));
         }
         // The guest takes its network identity (a fork: its own, not its
@@ -185,7 +201,10 @@ impl Manager {
             r.boot_ms = Some(ready_ms);
         })?;
         info!(name = rec.name, running_ms, ready_ms, "instance running");
-        Ok(BootTimes { running_ms, ready_ms })
+        Ok(BootTimes {
+            running_ms,
+            ready_ms,
+        })
     }
 
     pub(crate) fn spec(&self, slot: &Slot, rec: &InstanceRecord, image: &Image) -> VmSpec {
@@ -199,7 +218,10 @@ impl Manager {
             root_disk: slot.dir.join(ROOT_DISK),
             memory_file: slot.dir.join(MEMORY_FILE),
             accel: rec.accel,
-            network: rec.network.as_ref().map(|l| tine_hypervisor::NetDevice { tap: l.tap.clone(), mac: l.mac.clone() }),
+            network: rec.network.as_ref().map(|l| tine_hypervisor::NetDevice {
+                tap: l.tap.clone(),
+                mac: l.mac.clone(),
+            }),
         }
     }
 
@@ -215,7 +237,11 @@ impl Manager {
             let _g = slot.op.lock().await;
             let rec = slot.record();
             if rec.process == Some(proc) && rec.state.has_process() {
-                warn!(name = rec.name, pid = proc.pid, "VM process exited unexpectedly");
+                warn!(
+                    name = rec.name,
+                    pid = proc.pid,
+                    "VM process exited unexpectedly"
+                );
                 slot.agent.reset().await;
                 let _ = slot.update(|r| {
                     r.state = State::Error;
@@ -281,13 +307,19 @@ impl Manager {
         Ok(slot.info())
     }
 
-    pub async fn remove(self: &Arc<Self>, name: &str, force: bool) -> Result<InstanceInfo, ManagerError> {
+    pub async fn remove(
+        self: &Arc<Self>,
+        name: &str,
+        force: bool,
+    ) -> Result<InstanceInfo, ManagerError> {
         let slot = self.slot(name)?;
         let _g = slot.op.lock().await;
         let rec = slot.record();
         self.transition(&rec, if force { Op::ForceRemove } else { Op::Remove })?;
-        self.pool_invalidate(crate::ForkFrom::Instance, &rec.name).await;
-        self.pool_invalidate(crate::ForkFrom::Instance, &rec.id).await;
+        self.pool_invalidate(crate::ForkFrom::Instance, &rec.name)
+            .await;
+        self.pool_invalidate(crate::ForkFrom::Instance, &rec.id)
+            .await;
         self.halt(&slot, &rec).await?;
         let info = slot.info();
         self.slots.write().expect("slots").remove(&slot.id);
@@ -296,9 +328,15 @@ impl Manager {
         Ok(info)
     }
 
-    pub async fn exec(&self, name: &str, req: ExecRequest) -> Result<crate::ExecOutput, ManagerError> {
+    pub async fn exec(
+        &self,
+        name: &str,
+        req: ExecRequest,
+    ) -> Result<crate::ExecOutput, ManagerError> {
         let slot = self.exec_slot(name, &req)?;
-        agent::exec(&slot.agent, &req).await.map_err(|e| self.agent_err(&slot, e))
+        agent::exec(&slot.agent, &req)
+            .await
+            .map_err(|e| self.agent_err(&slot, e))
     }
 
     /// Like [`exec`](Self::exec), streaming output events as they arrive.
@@ -308,7 +346,9 @@ impl Manager {
         req: ExecRequest,
     ) -> Result<tokio::sync::mpsc::Receiver<Result<crate::ExecEvent, String>>, ManagerError> {
         let slot = self.exec_slot(name, &req)?;
-        agent::exec_stream(&slot.agent, &req).await.map_err(|e| self.agent_err(&slot, e))
+        agent::exec_stream(&slot.agent, &req)
+            .await
+            .map_err(|e| self.agent_err(&slot, e))
     }
 
     fn exec_slot(&self, name: &str, req: &ExecRequest) -> Result<Arc<Slot>, ManagerError> {
@@ -320,12 +360,26 @@ impl Manager {
         Ok(slot)
     }
 
-    pub(crate) fn agent_err(&self, slot: &Slot, source: tine_agent_proto::client::AgentError) -> ManagerError {
-        ManagerError::Agent { name: slot.record().name, source }
+    pub(crate) fn agent_err(
+        &self,
+        slot: &Slot,
+        source: tine_agent_proto::client::AgentError,
+    ) -> ManagerError {
+        ManagerError::Agent {
+            name: slot.record().name,
+            source,
+        }
     }
 
-    pub(crate) fn transition(&self, rec: &InstanceRecord, op: Op) -> Result<Option<State>, ManagerError> {
-        check(rec.state, op).map_err(|source| ManagerError::Conflict { name: rec.name.clone(), source })
+    pub(crate) fn transition(
+        &self,
+        rec: &InstanceRecord,
+        op: Op,
+    ) -> Result<Option<State>, ManagerError> {
+        check(rec.state, op).map_err(|source| ManagerError::Conflict {
+            name: rec.name.clone(),
+            source,
+        })
     }
 
     /// Stop the VM process if there is one (flushing disks), and forget it.
@@ -383,7 +437,10 @@ pub(crate) fn validate_size(memory_mib: u32, vcpus: u32) -> Result<(), ManagerEr
 
 /// The per-instance writable disk: a qcow2 overlay over the shared,
 /// read-only base image (only written blocks take space).
-async fn create_overlay(base: &std::path::Path, overlay: &std::path::Path) -> Result<(), ManagerError> {
+async fn create_overlay(
+    base: &std::path::Path,
+    overlay: &std::path::Path,
+) -> Result<(), ManagerError> {
     let out = tokio::process::Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
         .arg(base)

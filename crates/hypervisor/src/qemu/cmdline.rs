@@ -83,7 +83,10 @@ pub fn build(spec: &VmSpec, boot: &Boot) -> Vec<String> {
         "-device".into(),
         "virtio-serial-device".into(),
         "-chardev".into(),
-        format!("socket,id=agent,path={},server=on,wait=off", esc(&run.join(AGENT_SOCKET))),
+        format!(
+            "socket,id=agent,path={},server=on,wait=off",
+            esc(&run.join(AGENT_SOCKET))
+        ),
         "-device".into(),
         format!("virtserialport,chardev=agent,name={AGENT_PORT_NAME}"),
     ];
@@ -148,7 +151,11 @@ mod tests {
 
     #[test]
     fn private_restore_maps_memory_copy_on_write_and_defers_incoming() {
-        let boot = Boot::Restore { state_file: "/s".into(), mapping: MemoryMapping::Private, ram_in_state: false };
+        let boot = Boot::Restore {
+            state_file: "/s".into(),
+            mapping: MemoryMapping::Private,
+            ram_in_state: false,
+        };
         let a = joined(&build(&spec(Accel::Tcg), &boot));
         assert!(a.contains("share=off"));
         assert!(a.ends_with("-incoming defer"));
@@ -157,7 +164,10 @@ mod tests {
     #[test]
     fn a_nic_is_a_virtio_net_device_on_its_tap_after_the_agent_port() {
         let mut s = spec(Accel::Tcg);
-        s.network = Some(crate::NetDevice { tap: "tn0123456789ab".into(), mac: "02:74:0a:d1:00:02".into() });
+        s.network = Some(crate::NetDevice {
+            tap: "tn0123456789ab".into(),
+            mac: "02:74:0a:d1:00:02".into(),
+        });
 
         let a = joined(&build(&s, &Boot::Fresh));
 

@@ -20,8 +20,8 @@ pub use cmdline::{AGENT_PORT_NAME, AGENT_SOCKET, CONSOLE_LOG, PID_FILE, QEMU_LOG
 use qmp::Qmp;
 
 use crate::{
-    process_alive, wait_exit, Boot, HvError, Hypervisor, RamSave, SaveReport, VmEndpoints, VmProcess,
-    VmSpec,
+    process_alive, wait_exit, Boot, HvError, Hypervisor, RamSave, SaveReport, VmEndpoints,
+    VmProcess, VmSpec,
 };
 
 /// Longest path a Unix socket address holds (sun_path minus the NUL).
@@ -35,7 +35,9 @@ pub struct Qemu {
 
 impl Qemu {
     pub fn new(binary: impl Into<PathBuf>) -> Qemu {
-        Qemu { binary: binary.into() }
+        Qemu {
+            binary: binary.into(),
+        }
     }
 
     fn qmp_path(run_dir: &Path) -> PathBuf {
@@ -51,17 +53,24 @@ impl Qemu {
             return self.binary.is_file().then(|| self.binary.clone());
         }
         let path = std::env::var_os("PATH")?;
-        std::env::split_paths(&path).map(|d| d.join(&self.binary)).find(|c| c.is_file())
+        std::env::split_paths(&path)
+            .map(|d| d.join(&self.binary))
+            .find(|c| c.is_file())
     }
 
-    async fn incoming(run_dir: &Path, state_file: &Path, ram_in_state: bool) -> Result<(), HvError> {
+    async fn incoming(
+        run_dir: &Path,
+        state_file: &Path,
+        ram_in_state: bool,
+    ) -> Result<(), HvError> {
         let t0 = Instant::now();
         let mut q = Qmp::connect_retry(&Self::qmp_path(run_dir), START_TIMEOUT).await?;
         let connected = t0.elapsed();
         // Must match the save: QEMU refuses a stream whose capability differs.
         set_ignore_shared(&mut q, !ram_in_state).await?;
         let uri = format!("file:{}", state_file.display());
-        q.execute("migrate-incoming", Some(json!({ "uri": uri }))).await?;
+        q.execute("migrate-incoming", Some(json!({ "uri": uri })))
+            .await?;
         let started = t0.elapsed();
         wait_migration(&mut q, "incoming migration").await?;
         let loaded = t0.elapsed();
@@ -100,7 +109,10 @@ async fn wait_migration(q: &mut Qmp, what: &'static str) -> Result<(), HvError> 
                     .and_then(|s| s.as_str())
                     .unwrap_or("migration failed")
                     .to_string();
-                return Err(HvError::Qmp { command: "migrate".into(), message: msg });
+                return Err(HvError::Qmp {
+                    command: "migrate".into(),
+                    message: msg,
+                });
             }
             _ => {}
         }
@@ -117,7 +129,10 @@ async fn wait_migration(q: &mut Qmp, what: &'static str) -> Result<(), HvError> 
 fn check_socket_len(path: &Path) -> Result<(), HvError> {
     let len = path.as_os_str().len();
     if len > SUN_PATH_MAX {
-        return Err(HvError::SocketPathTooLong { path: path.into(), len });
+        return Err(HvError::SocketPathTooLong {
+            path: path.into(),
+            len,
+        });
     }
     Ok(())
 }
@@ -159,14 +174,16 @@ impl Hypervisor for Qemu {
     fn check(&self) -> Result<(), HvError> {
         match self.find_binary() {
             Some(_) => Ok(()),
-            None => Err(HvError::BinaryMissing { binary: self.binary.display().to_string() }),
+            None => Err(HvError::BinaryMissing {
+                binary: self.binary.display().to_string(),
+            }),
         }
     }
 
     async fn prestart(&self, spec: &VmSpec, boot: &Boot) -> Result<VmProcess, HvError> {
-        let binary = self
-            .find_binary()
-            .ok_or_else(|| HvError::BinaryMissing { binary: self.binary.display().to_string() })?;
+        let binary = self.find_binary().ok_or_else(|| HvError::BinaryMissing {
+            binary: self.binary.display().to_string(),
+        })?;
         let run = &spec.run_dir;
         for name in [QMP_SOCKET, AGENT_SOCKET] {
             check_socket_len(&run.join(name))?;
@@ -196,19 +213,29 @@ impl Hypervisor for Qemu {
             .await
             .map_err(|e| HvError::io(&binary, e))?;
         if !status.success() {
-            return Err(HvError::StartFailed { stderr: read_from(&log_path, log_start) });
+            let mut said = read_from(&log_path, log_start);
+            if said.is_empty() {
+                said = format!("QEMU ended ({status}) without saying why");
+            }
+            return Err(HvError::StartFailed { stderr: said });
         }
         let pid_path = run.join(PID_FILE);
         let pid_text = std::fs::read_to_string(&pid_path).map_err(|e| HvError::io(&pid_path, e))?;
-        let pid: i32 = pid_text
-            .trim()
-            .parse()
-            .map_err(|_| HvError::StartFailed { stderr: format!("bad pid file: {pid_text:?}") })?;
-        VmProcess::of_pid(pid).map_err(|_| HvError::StartFailed { stderr: "QEMU exited right after start".into() })
+        let pid: i32 = pid_text.trim().parse().map_err(|_| HvError::StartFailed {
+            stderr: format!("bad pid file: {pid_text:?}"),
+        })?;
+        VmProcess::of_pid(pid).map_err(|_| HvError::StartFailed {
+            stderr: "QEMU exited right after start".into(),
+        })
     }
 
     async fn load(&self, run_dir: &Path, proc: &VmProcess, boot: &Boot) -> Result<(), HvError> {
-        let Boot::Restore { state_file, ram_in_state, .. } = boot else {
+        let Boot::Restore {
+            state_file,
+            ram_in_state,
+            ..
+        } = boot
+        else {
             return Ok(());
         };
         let log_path = run_dir.join(QEMU_LOG);
@@ -219,7 +246,9 @@ impl Hypervisor for Qemu {
             tokio::time::sleep(Duration::from_millis(20)).await;
             let log = read_from(&log_path, log_start);
             return Err(match e {
-                HvError::QmpProtocol(m) if !log.is_empty() => HvError::StartFailed { stderr: format!("{m}; QEMU said: {log}") },
+                HvError::QmpProtocol(m) if !log.is_empty() => HvError::StartFailed {
+                    stderr: format!("{m}; QEMU said: {log}"),
+                },
                 e => e,
             });
         }
@@ -230,6 +259,7 @@ impl Hypervisor for Qemu {
         VmEndpoints {
             agent_socket: run_dir.join(AGENT_SOCKET),
             console_log: run_dir.join(CONSOLE_LOG),
+            hypervisor_log: run_dir.join(QEMU_LOG),
         }
     }
 
@@ -243,7 +273,12 @@ impl Hypervisor for Qemu {
         Ok(())
     }
 
-    async fn save_state(&self, run_dir: &Path, state_file: &Path, ram: RamSave) -> Result<SaveReport, HvError> {
+    async fn save_state(
+        &self,
+        run_dir: &Path,
+        state_file: &Path,
+        ram: RamSave,
+    ) -> Result<SaveReport, HvError> {
         let mut q = Self::qmp(run_dir).await?;
         let t0 = Instant::now();
         q.execute("stop", None).await?;
@@ -256,7 +291,11 @@ impl Hypervisor for Qemu {
         wait_migration(&mut q, "device state save").await?;
         let save_ms = t1.elapsed().as_secs_f64() * 1e3;
         let state_bytes = std::fs::metadata(state_file).map(|m| m.len()).unwrap_or(0);
-        Ok(SaveReport { state_bytes, pause_ms, save_ms })
+        Ok(SaveReport {
+            state_bytes,
+            pause_ms,
+            save_ms,
+        })
     }
 
     async fn stop(&self, run_dir: &Path, proc: &VmProcess, grace: Duration) -> Result<(), HvError> {

@@ -25,12 +25,19 @@ pub struct Qmp {
 impl Qmp {
     /// Connect, read the greeting and enter command mode.
     pub async fn connect(socket: &Path) -> Result<Qmp, HvError> {
-        let stream = UnixStream::connect(socket).await.map_err(|e| HvError::io(socket, e))?;
+        let stream = UnixStream::connect(socket)
+            .await
+            .map_err(|e| HvError::io(socket, e))?;
         let (r, w) = stream.into_split();
-        let mut qmp = Qmp { reader: BufReader::new(r), writer: w };
+        let mut qmp = Qmp {
+            reader: BufReader::new(r),
+            writer: w,
+        };
         let greeting = qmp.read_message().await?;
         if greeting.get("QMP").is_none() {
-            return Err(HvError::QmpProtocol(format!("unexpected greeting: {greeting}")));
+            return Err(HvError::QmpProtocol(format!(
+                "unexpected greeting: {greeting}"
+            )));
         }
         qmp.execute("qmp_capabilities", None).await?;
         Ok(qmp)
@@ -66,8 +73,14 @@ impl Qmp {
                 return Ok(ret.clone());
             }
             if let Some(err) = reply.get("error") {
-                let message = err.get("desc").and_then(Value::as_str).unwrap_or("unknown error");
-                return Err(HvError::Qmp { command: command.into(), message: message.into() });
+                let message = err
+                    .get("desc")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown error");
+                return Err(HvError::Qmp {
+                    command: command.into(),
+                    message: message.into(),
+                });
             }
             // An asynchronous event: not ours to handle here.
         }
