@@ -17,7 +17,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::BAD_REQUEST, kind: "invalid_argument", message: message.into() }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_argument",
+            message: message.into(),
+        }
     }
 }
 
@@ -35,7 +39,9 @@ pub fn status_of(e: &ManagerError) -> (StatusCode, &'static str) {
         }
         ManagerError::Hypervisor(_) => (StatusCode::INTERNAL_SERVER_ERROR, "hypervisor"),
         ManagerError::Agent { .. } => (StatusCode::BAD_GATEWAY, "agent"),
-        ManagerError::Io { .. } | ManagerError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        ManagerError::Io { .. } | ManagerError::Failed(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        }
     }
 }
 
@@ -57,13 +63,20 @@ fn network_status(e: &NetworkError) -> (StatusCode, &'static str) {
 impl From<ManagerError> for ApiError {
     fn from(e: ManagerError) -> ApiError {
         let (status, kind) = status_of(&e);
-        ApiError { status, kind, message: chain(&e) }
+        ApiError {
+            status,
+            kind,
+            message: chain(&e),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: self.message, kind: self.kind.into() };
+        let body = ErrorBody {
+            error: self.message,
+            kind: self.kind.into(),
+        };
         (self.status, Json(body)).into_response()
     }
 }

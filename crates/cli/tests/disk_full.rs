@@ -38,7 +38,10 @@ fn full_disk_fails_standby_snapshot_and_fork_cleanly_and_the_vm_runs_on() {
 
     let err = d.fails(&["standby", "v"]);
     eprintln!("standby on a full disk: {err}");
-    assert!(err.to_lowercase().contains("space") || err.contains("failed"), "{err}");
+    assert!(
+        err.to_lowercase().contains("space") || err.contains("failed"),
+        "{err}"
+    );
     assert_eq!(d.state("v"), "running");
     assert_eq!(d.sh("v", "cat /run/m"), "safe\n");
 
@@ -46,7 +49,12 @@ fn full_disk_fails_standby_snapshot_and_fork_cleanly_and_the_vm_runs_on() {
     eprintln!("snapshot on a full disk: {err}");
     assert!(!err.is_empty());
     assert_eq!(d.json(&["snapshot", "ls"]).as_array().unwrap().len(), 0);
-    assert_eq!(std::fs::read_dir(fs.path().join("snapshots")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(fs.path().join("snapshots"))
+            .unwrap()
+            .count(),
+        0
+    );
 
     let out = d.tine(&["fork", "v", "--from-running", "--name", "f"]);
     assert!(!out.status.success());
