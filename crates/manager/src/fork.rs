@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tine_hypervisor::{Accel, Boot, MemoryMapping};
-use tokio::sync::{OwnedRwLockReadGuard, Semaphore};
+use tokio::sync::{OwnedRwLockReadGuard, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use crate::agent::Identity;
@@ -240,8 +240,8 @@ impl Manager {
             let (mgr, base, image, sem) = (self.clone(), base.clone(), image.clone(), sem.clone());
             let (target, progress) = (req.target, progress.clone());
             tasks.push(tokio::spawn(async move {
-                let _permit = sem.acquire().await.expect("semaphore");
-                let out = mgr.fork_one(&base, &image, name, target, t0).await;
+                let permit = sem.acquire_owned().await.expect("semaphore");
+                let out = mgr.fork_one(&base, &image, name, target, t0, permit).await;
                 if let Some(p) = progress {
                     let _ = p.send(out.clone()).await;
                 }
@@ -421,7 +421,9 @@ impl Manager {
         name: String,
         target: ForkTarget,
         t0: Instant,
+        permit: OwnedSemaphorePermit,
     ) -> ForkOutcome {
+        let mut permit = Some(permit);
         let mut out = ForkOutcome {
             name: name.clone(),
             instance: None,
@@ -432,7 +434,7 @@ impl Manager {
         if target == ForkTarget::Running && base.has_state {
             tracing::debug!(name, before_claim_ms = ms(t0), "fork ready to claim");
             if let Some((slot, proc, boot)) = self.pool_take(base) {
-                match self.claim(slot, proc, boot, &name, t0).await {
+                match self.claim(slot, proc, boot, &name, t0, &mut permit).await {
                     Ok((slot, times)) => {
                         let _ = std::fs::remove_file(slot.dir.join(STATE_FILE));
                         let _ = slot.update(|r| r.ram_in_state = false);
@@ -445,13 +447,13 @@ impl Manager {
                         // not fail the fork: drop it and make one cold.
                         warn!(name, error = %chain(&e), "pool entry failed; forking without it");
                         self.discard(&slot).await;
-                        return self.fork_cold(base, image, name, target, t0).await;
+                        return self.fork_cold(base, image, name, target, t0, permit).await;
                     }
                 }
                 return out;
             }
         }
-        self.fork_cold(base, image, name, target, t0).await
+        self.fork_cold(base, image, name, target, t0, permit).await
     }
 
     async fn fork_cold(
@@ -461,6 +463,7 @@ impl Manager {
         name: String,
         target: ForkTarget,
         t0: Instant,
+        permit: Option<OwnedSemaphorePermit>,
     ) -> ForkOutcome {
         let mut out = ForkOutcome {
             name: name.clone(),
@@ -525,7 +528,7 @@ impl Manager {
                     Boot::Fresh
                 };
                 let offset = t0.elapsed();
-                self.boot(&slot, image, boot, Some(Identity::new(&name)))
+                self.boot(&slot, image, boot, Some(Identity::new(&name)), permit)
                     .await
                     .map(|t| Some(shift(t, offset)))
             }

@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::OwnedSemaphorePermit;
 
 use tine_hypervisor::{Boot, VmProcess, VmSpec};
 use tracing::{info, warn};
@@ -113,7 +114,9 @@ impl Manager {
         image: &Image,
     ) -> Result<(), ManagerError> {
         create_overlay(&image.rootfs, &slot.dir.join(ROOT_DISK)).await?;
-        self.boot(slot, image, Boot::Fresh, None).await.map(|_| ())
+        self.boot(slot, image, Boot::Fresh, None, None)
+            .await
+            .map(|_| ())
     }
 
     /// Start the VM process (the only caller of `Hypervisor::start`), record
@@ -125,6 +128,7 @@ impl Manager {
         image: &Image,
         boot: Boot,
         identity: Option<agent::Identity>,
+        until_running: Option<OwnedSemaphorePermit>,
     ) -> Result<BootTimes, ManagerError> {
         let rec = slot.record();
         let spec = self.spec(slot, &rec, image);
@@ -133,6 +137,8 @@ impl Manager {
         let restoring = matches!(boot, Boot::Restore { .. });
         let t0 = Instant::now();
         let proc = self.hv.start(&spec, boot).await?;
+        // A burst's concurrency slot bounds VM starts, not agent waits.
+        drop(until_running);
         let running_ms = ms(t0);
         self.finish_boot(slot, proc, t0, running_ms, identity, restoring)
             .await
@@ -261,7 +267,7 @@ impl Manager {
             return self.restore_locked(&slot).await.map(|()| slot.info());
         }
         let image = image::load(&self.cfg.images_dir, &rec.image)?;
-        if let Err(e) = self.boot(&slot, &image, Boot::Fresh, None).await {
+        if let Err(e) = self.boot(&slot, &image, Boot::Fresh, None, None).await {
             self.fail(&slot, &e).await;
             return Err(e);
         }

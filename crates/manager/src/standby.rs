@@ -145,7 +145,7 @@ impl Manager {
             mapping: rec.memory,
             ram_in_state: rec.ram_in_state,
         };
-        if let Err(e) = self.boot(slot, &image, boot, None).await {
+        if let Err(e) = self.boot(slot, &image, boot, None, None).await {
             if slot.record().process.is_some() {
                 // The guest ran: its memory file moved on, the parked state is gone.
                 self.fail(slot, &e).await;
