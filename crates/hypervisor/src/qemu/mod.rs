@@ -9,8 +9,8 @@ mod qmp;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::process::Stdio;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -125,14 +125,14 @@ impl Qemu {
             let _ = child.wait().await;
         });
         let q = q?;
-        let proc = pid
-            .and_then(|p| VmProcess::of_pid(p).ok())
-            .ok_or_else(|| HvError::StartFailed {
-                stderr: format!(
-                    "QEMU exited right after start: {}",
-                    read_from(&log_path, log_start)
-                ),
-            })?;
+        let proc =
+            pid.and_then(|p| VmProcess::of_pid(p).ok())
+                .ok_or_else(|| HvError::StartFailed {
+                    stderr: format!(
+                        "QEMU exited right after start: {}",
+                        read_from(&log_path, log_start)
+                    ),
+                })?;
         Ok((proc, q, log_start))
     }
 }
