@@ -3,6 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use tine_manager::admission::LimitError;
 use tine_manager::error::chain;
 use tine_manager::network::NetworkError;
 use tine_manager::ManagerError;
@@ -30,12 +31,23 @@ pub fn status_of(e: &ManagerError) -> (StatusCode, &'static str) {
         ManagerError::Busy { .. } => (StatusCode::CONFLICT, "busy"),
         ManagerError::Image(_) => (StatusCode::UNPROCESSABLE_ENTITY, "image"),
         ManagerError::Network(n) => network_status(n),
+        ManagerError::Limit(l) => limit_status(l),
         ManagerError::Hypervisor(tine_manager::HvError::BinaryMissing { .. }) => {
             (StatusCode::SERVICE_UNAVAILABLE, "hypervisor_missing")
         }
         ManagerError::Hypervisor(_) => (StatusCode::INTERNAL_SERVER_ERROR, "hypervisor"),
         ManagerError::Agent { .. } => (StatusCode::BAD_GATEWAY, "agent"),
         ManagerError::Io { .. } | ManagerError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
+/// Over a per-instance cap: a bad request. Over the host's budget: the
+/// request is fine but conflicts with what the host holds now.
+fn limit_status(e: &LimitError) -> (StatusCode, &'static str) {
+    match e {
+        LimitError::Vcpus { .. } | LimitError::Memory { .. } => (StatusCode::BAD_REQUEST, "over_limit"),
+        LimitError::Overcommit { .. } => (StatusCode::CONFLICT, "insufficient_memory"),
+        LimitError::Disk { .. } => (StatusCode::CONFLICT, "insufficient_disk"),
     }
 }
 

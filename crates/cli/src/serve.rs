@@ -19,6 +19,7 @@ pub async fn serve(g: &Global, a: ServeArgs, data_dir: &Path) -> Result<()> {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 
     let mut cfg = Config::new(data_dir.to_path_buf());
+    cfg.limits = limits(&a)?;
     if let Some(d) = a.images_dir {
         cfg.images_dir = d;
     }
@@ -42,6 +43,23 @@ pub async fn serve(g: &Global, a: ServeArgs, data_dir: &Path) -> Result<()> {
     let listeners = Listeners { unix: socket, tcp: a.listen_tcp, token: g.token.clone() };
     tine_api::serve(mgr, listeners, shutdown_signal()).await?;
     Ok(())
+}
+
+fn limits(a: &ServeArgs) -> Result<tine_manager::admission::Limits> {
+    let mut l = tine_manager::admission::Limits::detect();
+    if let Some(v) = a.max_vcpus {
+        anyhow::ensure!(v >= 1, "--max-vcpus must be at least 1");
+        l.max_vcpus = v;
+    }
+    if let Some(m) = a.max_memory {
+        anyhow::ensure!(m >= tine_manager::MIN_MEMORY_MIB, "--max-memory must be at least {} MiB", tine_manager::MIN_MEMORY_MIB);
+        l.max_memory_mib = m;
+    }
+    let r = a.memory_overcommit;
+    anyhow::ensure!(r.is_finite() && r > 0.0, "--memory-overcommit must be a ratio above 0, e.g. 1.5");
+    l.memory_overcommit = r;
+    l.disk_reserve = u64::from(a.disk_reserve) << 20;
+    Ok(l)
 }
 
 async fn shutdown_signal() {

@@ -14,6 +14,13 @@ pub const QEMU_LOG: &str = "qemu.log";
 /// The virtio-serial port name the guest agent looks for.
 pub const AGENT_PORT_NAME: &str = "tine.agent";
 
+/// QEMU's seccomp filter: no obsolete syscalls, no set*id, no
+/// fork/exec, no scheduler or resource changes.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+/// `-daemonize` forks and calls setsid after the filter is installed, so it
+/// needs both allowed; drop this once QEMU is no longer daemonized.
+pub const SANDBOX_DAEMONIZE: &str = "on,obsolete=deny,elevateprivileges=allow,spawn=allow,resourcecontrol=deny";
+
 fn p(path: &Path) -> String {
     path.display().to_string()
 }
@@ -111,6 +118,11 @@ pub fn build(spec: &VmSpec, boot: &Boot) -> Vec<String> {
         "-pidfile".into(),
         p(&run.join(PID_FILE)),
     ]);
+    let sandbox = match args.iter().any(|a| a == "-daemonize") {
+        true => SANDBOX_DAEMONIZE,
+        false => SANDBOX,
+    };
+    args.extend(["-sandbox".into(), sandbox.into()]);
     if matches!(boot, Boot::Restore { .. }) {
         args.push("-incoming".into());
         args.push("defer".into());
@@ -188,6 +200,17 @@ mod tests {
         let a = build(&spec(Accel::Tcg), &Boot::Fresh);
         assert!(a.contains(&"console=ttyS0 tsc_early_khz=2000000".to_string()));
         assert!(a.contains(&"max".to_string()));
+    }
+
+    #[test]
+    fn seccomp_sandbox_is_on_and_qmp_is_the_only_monitor() {
+        let args = build(&spec(Accel::Tcg), &Boot::Fresh);
+        let at = args.iter().position(|a| a == "-sandbox").unwrap();
+        assert!(args[at + 1].starts_with("on,obsolete=deny,"), "{}", args[at + 1]);
+        assert!(args[at + 1].contains("resourcecontrol=deny"));
+        assert!(args.contains(&"-nodefaults".to_string()));
+        assert_eq!(args.iter().filter(|a| *a == "-qmp").count(), 1);
+        assert!(!args.iter().any(|a| a == "-monitor" || a == "-mon" || a == "-gdb"));
     }
 
     #[test]

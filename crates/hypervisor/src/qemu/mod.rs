@@ -1,10 +1,12 @@
 //! QEMU backend: `microvm` machine, RAM in a `memory-backend-file`, QMP on a
-//! Unix socket, daemonized process (so VMs outlive the tine daemon).
+//! Unix socket, daemonized process (so VMs outlive the tine daemon), seccomp
+//! sandbox on, sockets and files 0600 (`confine.rs`).
 //!
 //! Device state is saved with migration to a file and `x-ignore-shared`, so
 //! RAM stays in the memory file and only ~50 KB of device state is written.
 
 mod cmdline;
+mod confine;
 mod qmp;
 
 use std::path::{Path, PathBuf};
@@ -197,13 +199,11 @@ impl Hypervisor for Qemu {
         // tree. stderr goes to a file (QEMU keeps it open after daemonizing
         // because -D is given), so later errors are kept too.
         let log_path = run.join(QEMU_LOG);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| HvError::io(&log_path, e))?;
+        let log = confine::open_log(&log_path).map_err(|e| HvError::io(&log_path, e))?;
         let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
-        let status = tokio::process::Command::new(&binary)
+        let mut cmd = tokio::process::Command::new(&binary);
+        confine::umask(&mut cmd);
+        let status = cmd
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -219,6 +219,9 @@ impl Hypervisor for Qemu {
             }
             return Err(HvError::StartFailed { stderr: said });
         }
+        let mut made: Vec<PathBuf> = [QMP_SOCKET, AGENT_SOCKET, CONSOLE_LOG, PID_FILE].map(|n| run.join(n)).into();
+        made.push(spec.memory_file.clone());
+        confine::chmod_private(&made).map_err(|e| HvError::io(run, e))?;
         let pid_path = run.join(PID_FILE);
         let pid_text = std::fs::read_to_string(&pid_path).map_err(|e| HvError::io(&pid_path, e))?;
         let pid: i32 = pid_text.trim().parse().map_err(|_| HvError::StartFailed {
@@ -289,6 +292,7 @@ impl Hypervisor for Qemu {
         let t1 = Instant::now();
         q.execute("migrate", Some(json!({ "uri": uri }))).await?;
         wait_migration(&mut q, "device state save").await?;
+        confine::chmod_private(&[state_file.to_path_buf()]).map_err(|e| HvError::io(state_file, e))?;
         let save_ms = t1.elapsed().as_secs_f64() * 1e3;
         let state_bytes = std::fs::metadata(state_file).map(|m| m.len()).unwrap_or(0);
         Ok(SaveReport {
