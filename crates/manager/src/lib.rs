@@ -210,6 +210,8 @@ impl Manager {
         let snaps = snapshot::load_store(&cfg.data_dir.join("snapshots"))?;
         let net = network::Network::open(&cfg.network, &cfg.data_dir)?;
         let mgr = Arc::new(Manager { cfg, hv, accel, slots: RwLock::new(HashMap::new()), snaps: RwLock::new(snaps), pools: Default::default(), net, metrics: Default::default(), admission: Default::default() });
+        // Probe now, while there is room for the probe's inodes.
+        mgr.reflinks();
         recover::load_all(&mgr).await?;
         mgr.network_recover().await?;
         mgr.load_pools();
