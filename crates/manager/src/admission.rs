@@ -1,16 +1,17 @@
 //! Admission control: per-instance caps and the host-wide memory budget.
 //!
-//! Every path that starts VM processes asks first, for all of them at once:
-//! `run`, `start`/`restore` (and the restore a fork of a parked fork does),
-//! a fork burst with target `running` (all N up front, all-or-nothing) and
-//! a warm-pool refill. The budget is `memory_overcommit` × host MemTotal;
-//! what counts against it is the guest memory of every instance whose
-//! record names a live VM process (warm-pool entries included) plus the
-//! tickets of operations still under way. A ticket is held until its
-//! operation ends, so a VM that just started may be counted twice for a
-//! moment: admission errs on the side of refusing, never of overcommitting.
-//! Checking and taking a ticket happen under one lock, so concurrent
-//! requests cannot both squeeze into the last gap.
+//! Every path that runs guests asks first, for all of them at once: `run`,
+//! `start`/`restore` (and the restore a fork of a parked fork does), and a
+//! fork burst with target `running` (all N up front, all-or-nothing).
+//! The budget is `memory_overcommit` × host MemTotal. What counts against
+//! it: the guest memory of every instance whose record names a live VM
+//! process, except warm-pool entries (they wait with no guest RAM touched;
+//! the fork that claims one is counted), plus the tickets of operations
+//! under way. A ticket is held until its operation ends, so a VM that just
+//! started may be counted twice for a moment: admission errs on the side
+//! of refusing, never of overcommitting. Checking and taking a ticket
+//! happen under one lock, so concurrent requests cannot both squeeze into
+//! the last gap.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -251,13 +252,15 @@ impl Manager {
         self.admit(d).map(|t| Some(Arc::new(t)))
     }
 
-    /// Guest memory of every instance with a live VM process, MiB.
+    /// Guest memory of every instance with a live VM process, MiB. Warm-pool
+    /// entries wait with no guest RAM touched; a fork that claims one is
+    /// counted by its burst's ticket, then as a live VM.
     fn live_memory_mib(&self) -> u64 {
         let slots = self.slots.read().expect("slots");
         slots
             .values()
             .map(|s| s.rec.lock().expect("rec").clone())
-            .filter(|r| r.process.is_some())
+            .filter(|r| r.process.is_some() && !r.pooled)
             .map(|r| r.memory_mib as u64)
             .sum()
     }

@@ -217,8 +217,6 @@ impl Manager {
             // A new parked state of the source: entries of the old one go.
             self.drain(pool).await;
         }
-        let demand = crate::admission::Demand { what: "warm pool entry", count: 1, memory_mib: base.memory_mib, vcpus: base.vcpus };
-        let _ticket = self.admit(demand)?;
         let image = image::load(&self.cfg.images_dir, &base.image)?;
         let id = names::new_id();
         let network = self.network_lease_if(base.network, &id)?;

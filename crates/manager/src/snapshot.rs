@@ -400,7 +400,7 @@ impl Manager {
         let req = SnapshotRequest { instance: rec.name.clone(), name: rec.name.clone(), ..Default::default() };
         let info = self.snapshot_create_inner(req, true).await?;
         self.remove(&rec.name, false).await?;
-        Ok(self.snapshot(&info.record.name, true)?)
+        self.snapshot(&info.record.name, true)
     }
 
     /// Replace a stopped/standby instance's state with a snapshot's, or
