@@ -79,3 +79,26 @@ impl IntoResponse for ApiError {
         (self.status, Json(body)).into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_are_bad_requests_and_a_full_host_is_a_conflict() {
+        let caps = ManagerError::Limit(LimitError::Vcpus { vcpus: 4, max: 2 });
+        assert_eq!(status_of(&caps), (StatusCode::BAD_REQUEST, "over_limit"));
+        let full = ManagerError::Limit(LimitError::Overcommit {
+            what: "fork".into(),
+            count: 25,
+            each_mib: 256,
+            committed_mib: 0,
+            ratio: 2.0,
+            host_mib: 1024,
+            budget_mib: 2048,
+        });
+        assert_eq!(status_of(&full), (StatusCode::CONFLICT, "insufficient_memory"));
+        let disk = ManagerError::Limit(LimitError::Disk { what: "standby".into(), need: 1, reserve: 1, free: 0, path: "/d".into() });
+        assert_eq!(status_of(&disk), (StatusCode::CONFLICT, "insufficient_disk"));
+    }
+}

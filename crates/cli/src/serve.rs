@@ -35,6 +35,14 @@ pub async fn serve(g: &Global, a: ServeArgs, data_dir: &Path) -> Result<()> {
     };
     let hv = Arc::new(Qemu::new(a.qemu));
     let mgr = Manager::open(cfg, hv).await.context("cannot open the data directory")?;
+    let l = &mgr.config().limits;
+    tracing::info!(
+        max_vcpus = l.max_vcpus,
+        max_memory_mib = l.max_memory_mib,
+        memory_budget_mib = (l.memory_overcommit * l.host_memory_mib as f64) as u64,
+        disk_reserve_mib = l.disk_reserve >> 20,
+        "admission limits"
+    );
     if let Some(w) = &mgr.accel().warning {
         warn!("{w}");
         eprintln!("warning: {w}");
