@@ -54,7 +54,9 @@ mod msg;
 pub mod client;
 
 pub use frame::{encode, parse_request, LineSplitter, Oversized, ParseError};
-pub use msg::{ErrorCode, ExecRequest, ExitStatus, NetworkConfig, Op, Pong, Reply, Request, Response};
+pub use msg::{
+    ErrorCode, ExecRequest, ExitStatus, NetworkConfig, Op, Pong, Reply, Request, Response,
+};
 
 #[cfg(feature = "client")]
 pub use client::{AgentClient, AgentError, ExecEvent, ExecOutput, ExecStream};

@@ -48,24 +48,43 @@ pub struct Plan {
 }
 
 pub fn parse(cfg: &NetworkConfig) -> Result<Plan, Failure> {
-    let interface = cfg.interface.clone().unwrap_or_else(|| DEFAULT_INTERFACE.into());
-    if interface.is_empty() || interface.len() >= libc::IFNAMSIZ || interface.contains(['/', '\0', ' ']) {
-        return Err(Failure::invalid(format!("invalid interface name {interface:?}")));
+    let interface = cfg
+        .interface
+        .clone()
+        .unwrap_or_else(|| DEFAULT_INTERFACE.into());
+    if interface.is_empty()
+        || interface.len() >= libc::IFNAMSIZ
+        || interface.contains(['/', '\0', ' '])
+    {
+        return Err(Failure::invalid(format!(
+            "invalid interface name {interface:?}"
+        )));
     }
-    let mac = parse_mac(&cfg.mac).ok_or_else(|| Failure::invalid(format!("invalid unicast MAC {:?}", cfg.mac)))?;
+    let mac = parse_mac(&cfg.mac)
+        .ok_or_else(|| Failure::invalid(format!("invalid unicast MAC {:?}", cfg.mac)))?;
     let (address, prefix) = cfg
         .address
         .split_once('/')
         .and_then(|(a, p)| Some((a.parse::<Ipv4Addr>().ok()?, p.parse::<u8>().ok()?)))
         .filter(|(_, p)| (1..=30).contains(p))
-        .ok_or_else(|| Failure::invalid(format!("invalid address {:?} (want a.b.c.d/1..30)", cfg.address)))?;
+        .ok_or_else(|| {
+            Failure::invalid(format!(
+                "invalid address {:?} (want a.b.c.d/1..30)",
+                cfg.address
+            ))
+        })?;
     let gateway = match &cfg.gateway {
         None => None,
         Some(g) => {
-            let gw: Ipv4Addr = g.parse().map_err(|_| Failure::invalid(format!("invalid gateway {g:?}")))?;
+            let gw: Ipv4Addr = g
+                .parse()
+                .map_err(|_| Failure::invalid(format!("invalid gateway {g:?}")))?;
             let mask = mask_of(prefix);
             if u32::from(gw) & mask != u32::from(address) & mask || gw == address {
-                return Err(Failure::invalid(format!("gateway {gw} is not a peer in {}", cfg.address)));
+                return Err(Failure::invalid(format!(
+                    "gateway {gw} is not a peer in {}",
+                    cfg.address
+                )));
             }
             Some(gw)
         }
@@ -73,9 +92,19 @@ pub fn parse(cfg: &NetworkConfig) -> Result<Plan, Failure> {
     let dns = cfg
         .dns
         .iter()
-        .map(|d| d.parse::<IpAddr>().map_err(|_| Failure::invalid(format!("invalid DNS server {d:?}"))))
+        .map(|d| {
+            d.parse::<IpAddr>()
+                .map_err(|_| Failure::invalid(format!("invalid DNS server {d:?}")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Plan { interface, mac, address, prefix, gateway, dns })
+    Ok(Plan {
+        interface,
+        mac,
+        address,
+        prefix,
+        gateway,
+        dns,
+    })
 }
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -113,18 +142,28 @@ pub fn configure(cfg: &NetworkConfig) -> Result<Reply, Failure> {
     if sock.hwaddr(name).map_err(io("read MAC of"))? != plan.mac {
         sock.set_hwaddr(name, plan.mac).map_err(io("set MAC of"))?;
     }
-    let current = sock.addr(libc::SIOCGIFADDR, name).map_err(io("read address of"))?;
+    let current = sock
+        .addr(libc::SIOCGIFADDR, name)
+        .map_err(io("read address of"))?;
     if current != Some(plan.address) {
-        sock.set_addr(libc::SIOCSIFADDR, name, plan.address).map_err(io("set address of"))?;
+        sock.set_addr(libc::SIOCSIFADDR, name, plan.address)
+            .map_err(io("set address of"))?;
     }
     let netmask = Ipv4Addr::from(mask_of(plan.prefix));
-    if sock.addr(libc::SIOCGIFNETMASK, name).map_err(io("read netmask of"))? != Some(netmask) {
-        sock.set_addr(libc::SIOCSIFNETMASK, name, netmask).map_err(io("set netmask of"))?;
+    if sock
+        .addr(libc::SIOCGIFNETMASK, name)
+        .map_err(io("read netmask of"))?
+        != Some(netmask)
+    {
+        sock.set_addr(libc::SIOCSIFNETMASK, name, netmask)
+            .map_err(io("set netmask of"))?;
     }
     sock.up(name).map_err(io("bring up"))?;
     if let Some(gw) = plan.gateway {
         match sock.add_default_route(gw) {
-            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(Failure::io("add default route", &e)),
+            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
+                return Err(Failure::io("add default route", &e))
+            }
             _ => {}
         }
     }
@@ -133,7 +172,8 @@ pub fn configure(cfg: &NetworkConfig) -> Result<Reply, Failure> {
         let mut written = RESOLV_WRITTEN.lock().unwrap_or_else(|p| p.into_inner());
         if written.as_deref() != Some(want.as_str()) {
             if fs::read_to_string(RESOLV_CONF).ok().as_deref() != Some(want.as_str()) {
-                replace_file(Path::new(RESOLV_CONF), want.as_bytes(), 0o644).map_err(|e| Failure::io(RESOLV_CONF, &e))?;
+                replace_file(Path::new(RESOLV_CONF), want.as_bytes(), 0o644)
+                    .map_err(|e| Failure::io(RESOLV_CONF, &e))?;
             }
             *written = Some(want);
         }
@@ -174,7 +214,9 @@ fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr {
     let sin = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: 0,
-        sin_addr: libc::in_addr { s_addr: u32::from(addr).to_be() },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(addr).to_be(),
+        },
         sin_zero: [0; 8],
     };
     // SAFETY: sockaddr_in and sockaddr are both 16-byte plain C structs; the kernel reads
@@ -298,7 +340,13 @@ impl Socket {
         };
         // SAFETY: SIOCADDRT reads one `struct rtentry`, laid out by `RtEntry`; rt_dev is
         // null, so the kernel follows no other pointer.
-        let r = unsafe { libc::ioctl(self.0.as_raw_fd(), libc::SIOCADDRT as _, &mut rt as *mut RtEntry) };
+        let r = unsafe {
+            libc::ioctl(
+                self.0.as_raw_fd(),
+                libc::SIOCADDRT as _,
+                &mut rt as *mut RtEntry,
+            )
+        };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -323,13 +371,24 @@ mod tests {
 
     #[test]
     fn a_valid_config_parses_with_eth0_as_default_interface() {
-        let plan = parse(&cfg("02:74:0a:d1:00:02", "10.209.0.2/16", Some("10.209.0.1"))).unwrap();
+        let plan = parse(&cfg(
+            "02:74:0a:d1:00:02",
+            "10.209.0.2/16",
+            Some("10.209.0.1"),
+        ))
+        .unwrap();
 
         assert_eq!(plan.interface, "eth0");
         assert_eq!(plan.mac, [2, 0x74, 10, 0xd1, 0, 2]);
-        assert_eq!((plan.address, plan.prefix), (Ipv4Addr::new(10, 209, 0, 2), 16));
+        assert_eq!(
+            (plan.address, plan.prefix),
+            (Ipv4Addr::new(10, 209, 0, 2), 16)
+        );
         assert_eq!(plan.gateway, Some(Ipv4Addr::new(10, 209, 0, 1)));
-        assert_eq!(resolv_conf(&plan.dns), "nameserver 10.0.0.53\nnameserver 2001:db8::1\n");
+        assert_eq!(
+            resolv_conf(&plan.dns),
+            "nameserver 10.0.0.53\nnameserver 2001:db8::1\n"
+        );
     }
 
     #[test]
@@ -345,14 +404,21 @@ mod tests {
             cfg("02:00:00:00:00:01", "10.0.0.2/16", Some("10.0.0.2")),
         ];
         for c in bad {
-            assert_eq!(parse(&c).unwrap_err().code, ErrorCode::InvalidArgument, "{c:?}");
+            assert_eq!(
+                parse(&c).unwrap_err().code,
+                ErrorCode::InvalidArgument,
+                "{c:?}"
+            );
         }
     }
 
     #[test]
     fn masks_follow_the_prefix() {
         assert_eq!(Ipv4Addr::from(mask_of(16)), Ipv4Addr::new(255, 255, 0, 0));
-        assert_eq!(Ipv4Addr::from(mask_of(30)), Ipv4Addr::new(255, 255, 255, 252));
+        assert_eq!(
+            Ipv4Addr::from(mask_of(30)),
+            Ipv4Addr::new(255, 255, 255, 252)
+        );
         assert_eq!(Ipv4Addr::from(mask_of(1)), Ipv4Addr::new(128, 0, 0, 0));
     }
 }

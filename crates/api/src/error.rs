@@ -18,7 +18,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::BAD_REQUEST, kind: "invalid_argument", message: message.into() }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_argument",
+            message: message.into(),
+        }
     }
 }
 
@@ -37,7 +41,9 @@ pub fn status_of(e: &ManagerError) -> (StatusCode, &'static str) {
         }
         ManagerError::Hypervisor(_) => (StatusCode::INTERNAL_SERVER_ERROR, "hypervisor"),
         ManagerError::Agent { .. } => (StatusCode::BAD_GATEWAY, "agent"),
-        ManagerError::Io { .. } | ManagerError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        ManagerError::Io { .. } | ManagerError::Failed(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        }
     }
 }
 
@@ -45,7 +51,9 @@ pub fn status_of(e: &ManagerError) -> (StatusCode, &'static str) {
 /// request is fine but conflicts with what the host holds now.
 fn limit_status(e: &LimitError) -> (StatusCode, &'static str) {
     match e {
-        LimitError::Vcpus { .. } | LimitError::Memory { .. } => (StatusCode::BAD_REQUEST, "over_limit"),
+        LimitError::Vcpus { .. } | LimitError::Memory { .. } => {
+            (StatusCode::BAD_REQUEST, "over_limit")
+        }
         LimitError::Overcommit { .. } => (StatusCode::CONFLICT, "insufficient_memory"),
         LimitError::Disk { .. } => (StatusCode::CONFLICT, "insufficient_disk"),
     }
@@ -69,13 +77,20 @@ fn network_status(e: &NetworkError) -> (StatusCode, &'static str) {
 impl From<ManagerError> for ApiError {
     fn from(e: ManagerError) -> ApiError {
         let (status, kind) = status_of(&e);
-        ApiError { status, kind, message: chain(&e) }
+        ApiError {
+            status,
+            kind,
+            message: chain(&e),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: self.message, kind: self.kind.into() };
+        let body = ErrorBody {
+            error: self.message,
+            kind: self.kind.into(),
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -97,8 +112,20 @@ mod tests {
             host_mib: 1024,
             budget_mib: 2048,
         });
-        assert_eq!(status_of(&full), (StatusCode::CONFLICT, "insufficient_memory"));
-        let disk = ManagerError::Limit(LimitError::Disk { what: "standby".into(), need: 1, reserve: 1, free: 0, path: "/d".into() });
-        assert_eq!(status_of(&disk), (StatusCode::CONFLICT, "insufficient_disk"));
+        assert_eq!(
+            status_of(&full),
+            (StatusCode::CONFLICT, "insufficient_memory")
+        );
+        let disk = ManagerError::Limit(LimitError::Disk {
+            what: "standby".into(),
+            need: 1,
+            reserve: 1,
+            free: 0,
+            path: "/d".into(),
+        });
+        assert_eq!(
+            status_of(&disk),
+            (StatusCode::CONFLICT, "insufficient_disk")
+        );
     }
 }

@@ -19,7 +19,10 @@ use tokio_stream::StreamExt;
 use tracing::info;
 
 use crate::error::ApiError;
-use crate::types::{ExecRequest, ForkFrom, PoolInfo, PoolSpec, ForkRequest, PromoteRequest, RestoreRequest, SnapshotInfo, SnapshotRequest, ExecResult, Health, InstanceInfo, RunRequest};
+use crate::types::{
+    ExecRequest, ExecResult, ForkFrom, ForkRequest, Health, InstanceInfo, PoolInfo, PoolSpec,
+    PromoteRequest, RestoreRequest, RunRequest, SnapshotInfo, SnapshotRequest,
+};
 
 /// Requests are small JSON documents; exec stdin is capped by the agent.
 const BODY_LIMIT: usize = 1 << 20;
@@ -38,14 +41,23 @@ pub fn router(mgr: Arc<Manager>) -> Router {
         .route("/v1/instances/{name}/logs", get(crate::logs::logs))
         .route("/v1/instances/{name}/{action}", post(action))
         .route("/v1/snapshots", get(snapshots).post(snapshot_create))
-        .route("/v1/snapshots/{name}", get(snapshot_inspect).delete(snapshot_remove))
+        .route(
+            "/v1/snapshots/{name}",
+            get(snapshot_inspect).delete(snapshot_remove),
+        )
         .route("/v1/snapshots/{name}/restore", post(snapshot_restore))
         .route("/v1/snapshots/{name}/fork", post(snapshot_fork))
         .route("/v1/templates", get(templates).post(template_promote))
-        .route("/v1/templates/{name}", get(template_inspect).delete(template_remove))
+        .route(
+            "/v1/templates/{name}",
+            get(template_inspect).delete(template_remove),
+        )
         .route("/v1/templates/{name}/fork", post(template_fork))
         .route("/v1/pools", get(pools).post(pool_set))
-        .route("/v1/pools/{from}/{source}", axum::routing::delete(pool_remove))
+        .route(
+            "/v1/pools/{from}/{source}",
+            axum::routing::delete(pool_remove),
+        )
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(mgr)
 }
@@ -64,14 +76,21 @@ async fn health(State(m): Mgr) -> Json<Health> {
 }
 
 async fn metrics(State(m): Mgr) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.metrics_text()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        m.metrics_text(),
+    )
+        .into_response()
 }
 
 async fn list(State(m): Mgr) -> Json<Vec<InstanceInfo>> {
     Json(m.list())
 }
 
-async fn run(State(m): Mgr, Json(req): Json<RunRequest>) -> Result<(StatusCode, Json<InstanceInfo>), ApiError> {
+async fn run(
+    State(m): Mgr,
+    Json(req): Json<RunRequest>,
+) -> Result<(StatusCode, Json<InstanceInfo>), ApiError> {
     Ok((StatusCode::CREATED, Json(m.run(req).await?)))
 }
 
@@ -93,7 +112,10 @@ async fn remove(
     Ok(Json(m.remove(&name, q.force).await?))
 }
 
-async fn action(State(m): Mgr, Path((name, action)): Path<(String, String)>) -> Result<Json<InstanceInfo>, ApiError> {
+async fn action(
+    State(m): Mgr,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Json<InstanceInfo>, ApiError> {
     let info = match action.as_str() {
         "start" => m.start(&name).await?,
         "stop" => m.stop(&name).await?,
@@ -112,13 +134,24 @@ struct StreamQuery {
     stream: bool,
 }
 
-async fn fork(State(m): Mgr, Path(name): Path<String>, Query(q): Query<StreamQuery>, Json(req): Json<ForkRequest>) -> Result<Response, ApiError> {
+async fn fork(
+    State(m): Mgr,
+    Path(name): Path<String>,
+    Query(q): Query<StreamQuery>,
+    Json(req): Json<ForkRequest>,
+) -> Result<Response, ApiError> {
     fork_from(m, name, ForkFrom::Instance, q.stream, req).await
 }
 
 /// Plain: one `ForkReport`. Streamed: NDJSON, one `{"fork": outcome}` line
 /// per fork as it completes, then `{"report": report}` or `{"error": …}`.
-async fn fork_from(m: Arc<Manager>, source: String, from: ForkFrom, stream: bool, mut req: ForkRequest) -> Result<Response, ApiError> {
+async fn fork_from(
+    m: Arc<Manager>,
+    source: String,
+    from: ForkFrom,
+    stream: bool,
+    mut req: ForkRequest,
+) -> Result<Response, ApiError> {
     req.source = source;
     req.from = from;
     if !stream {
@@ -138,7 +171,9 @@ async fn fork_from(m: Arc<Manager>, source: String, from: ForkFrom, stream: bool
             }
         };
         while let Ok(outcome) = rx.try_recv() {
-            let _ = line_tx.send(ndjson(&serde_json::json!({ "fork": outcome }))).await;
+            let _ = line_tx
+                .send(ndjson(&serde_json::json!({ "fork": outcome })))
+                .await;
         }
         let last = match result {
             Ok(report) => serde_json::json!({ "report": report }),
@@ -147,7 +182,11 @@ async fn fork_from(m: Arc<Manager>, source: String, from: ForkFrom, stream: bool
         let _ = line_tx.send(ndjson(&last)).await;
     });
     let body = ReceiverStream::new(line_rx).map(Ok::<_, std::convert::Infallible>);
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(body)).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(body),
+    )
+        .into_response())
 }
 
 fn ndjson(v: &serde_json::Value) -> Vec<u8> {
@@ -160,7 +199,10 @@ async fn snapshots(State(m): Mgr) -> Json<Vec<SnapshotInfo>> {
     Json(m.snapshots(false))
 }
 
-async fn snapshot_create(State(m): Mgr, Json(req): Json<SnapshotRequest>) -> Result<(StatusCode, Json<SnapshotInfo>), ApiError> {
+async fn snapshot_create(
+    State(m): Mgr,
+    Json(req): Json<SnapshotRequest>,
+) -> Result<(StatusCode, Json<SnapshotInfo>), ApiError> {
     Ok((StatusCode::CREATED, Json(m.snapshot_create(req).await?)))
 }
 
@@ -170,22 +212,38 @@ struct WaitQuery {
     wait_compressed: bool,
 }
 
-async fn snapshot_inspect(State(m): Mgr, Path(name): Path<String>, Query(q): Query<WaitQuery>) -> Result<Json<SnapshotInfo>, ApiError> {
+async fn snapshot_inspect(
+    State(m): Mgr,
+    Path(name): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> Result<Json<SnapshotInfo>, ApiError> {
     if q.wait_compressed {
         return Ok(Json(m.snapshot_wait_compressed(&name).await?));
     }
     Ok(Json(m.snapshot(&name, false)?))
 }
 
-async fn snapshot_remove(State(m): Mgr, Path(name): Path<String>) -> Result<Json<SnapshotInfo>, ApiError> {
+async fn snapshot_remove(
+    State(m): Mgr,
+    Path(name): Path<String>,
+) -> Result<Json<SnapshotInfo>, ApiError> {
     Ok(Json(m.snapshot_remove(&name, false).await?))
 }
 
-async fn snapshot_restore(State(m): Mgr, Path(name): Path<String>, Json(req): Json<RestoreRequest>) -> Result<Json<InstanceInfo>, ApiError> {
+async fn snapshot_restore(
+    State(m): Mgr,
+    Path(name): Path<String>,
+    Json(req): Json<RestoreRequest>,
+) -> Result<Json<InstanceInfo>, ApiError> {
     Ok(Json(m.snapshot_restore(&name, &req.into).await?))
 }
 
-async fn snapshot_fork(State(m): Mgr, Path(name): Path<String>, Query(q): Query<StreamQuery>, Json(req): Json<ForkRequest>) -> Result<Response, ApiError> {
+async fn snapshot_fork(
+    State(m): Mgr,
+    Path(name): Path<String>,
+    Query(q): Query<StreamQuery>,
+    Json(req): Json<ForkRequest>,
+) -> Result<Response, ApiError> {
     fork_from(m, name, ForkFrom::Snapshot, q.stream, req).await
 }
 
@@ -197,12 +255,19 @@ async fn pool_set(State(m): Mgr, Json(spec): Json<PoolSpec>) -> Result<Json<Pool
     Ok(Json(m.pool_set(spec).await?))
 }
 
-async fn pool_remove(State(m): Mgr, Path((from, source)): Path<(String, String)>) -> Result<Json<PoolInfo>, ApiError> {
+async fn pool_remove(
+    State(m): Mgr,
+    Path((from, source)): Path<(String, String)>,
+) -> Result<Json<PoolInfo>, ApiError> {
     let from = match from.as_str() {
         "instance" => ForkFrom::Instance,
         "snapshot" => ForkFrom::Snapshot,
         "template" => ForkFrom::Template,
-        other => return Err(ApiError::bad_request(format!("unknown pool kind {other:?}"))),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "unknown pool kind {other:?}"
+            )))
+        }
     };
     Ok(Json(m.pool_remove(from, &source).await?))
 }
@@ -211,19 +276,36 @@ async fn templates(State(m): Mgr) -> Json<Vec<SnapshotInfo>> {
     Json(m.snapshots(true))
 }
 
-async fn template_promote(State(m): Mgr, Json(req): Json<PromoteRequest>) -> Result<(StatusCode, Json<SnapshotInfo>), ApiError> {
-    Ok((StatusCode::CREATED, Json(m.template_promote(&req.instance).await?)))
+async fn template_promote(
+    State(m): Mgr,
+    Json(req): Json<PromoteRequest>,
+) -> Result<(StatusCode, Json<SnapshotInfo>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(m.template_promote(&req.instance).await?),
+    ))
 }
 
-async fn template_inspect(State(m): Mgr, Path(name): Path<String>) -> Result<Json<SnapshotInfo>, ApiError> {
+async fn template_inspect(
+    State(m): Mgr,
+    Path(name): Path<String>,
+) -> Result<Json<SnapshotInfo>, ApiError> {
     Ok(Json(m.snapshot(&name, true)?))
 }
 
-async fn template_remove(State(m): Mgr, Path(name): Path<String>) -> Result<Json<SnapshotInfo>, ApiError> {
+async fn template_remove(
+    State(m): Mgr,
+    Path(name): Path<String>,
+) -> Result<Json<SnapshotInfo>, ApiError> {
     Ok(Json(m.snapshot_remove(&name, true).await?))
 }
 
-async fn template_fork(State(m): Mgr, Path(name): Path<String>, Query(q): Query<StreamQuery>, Json(req): Json<ForkRequest>) -> Result<Response, ApiError> {
+async fn template_fork(
+    State(m): Mgr,
+    Path(name): Path<String>,
+    Query(q): Query<StreamQuery>,
+    Json(req): Json<ForkRequest>,
+) -> Result<Response, ApiError> {
     fork_from(m, name, ForkFrom::Template, q.stream, req).await
 }
 
@@ -257,7 +339,11 @@ async fn exec(
         line.push(b'\n');
         Ok::<_, std::convert::Infallible>(line)
     });
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
 }
 
 /// Where the daemon listens.
@@ -294,10 +380,17 @@ pub async fn serve(
     let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = listeners.tcp {
-        let token = listeners.token.clone().filter(|t| !t.is_empty()).ok_or(ServeError::TokenRequired)?;
+        let token = listeners
+            .token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .ok_or(ServeError::TokenRequired)?;
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|e| ServeError::Listen { what: addr.to_string(), source: e })?;
+            .map_err(|e| ServeError::Listen {
+                what: addr.to_string(),
+                source: e,
+            })?;
         info!(%addr, "API listening on TCP (bearer token required)");
         let token = Arc::new(token);
         let authed = app.clone().layer(middleware::from_fn(move |req, next| {
@@ -332,7 +425,10 @@ async fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, S
     if tokio::net::UnixStream::connect(path).await.is_ok() {
         return Err(ServeError::AlreadyRunning(path.into()));
     }
-    let listen_err = |e| ServeError::Listen { what: path.display().to_string(), source: e };
+    let listen_err = |e| ServeError::Listen {
+        what: path.display().to_string(),
+        source: e,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(listen_err)?;
     }
@@ -354,7 +450,11 @@ async fn require_token(token: &str, req: Request, next: Next) -> Response {
     if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
         next.run(req).await
     } else {
-        ApiError { status: StatusCode::UNAUTHORIZED, kind: "unauthorized", message: "missing or wrong bearer token".into() }
-            .into_response()
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            kind: "unauthorized",
+            message: "missing or wrong bearer token".into(),
+        }
+        .into_response()
     }
 }

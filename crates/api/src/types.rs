@@ -3,11 +3,12 @@
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-pub use tine_manager::{
-    CompressState, ExecRequest, ForkFrom, ForkOutcome, ForkReport, ForkRequest, ForkTarget, InstanceInfo, RunRequest,
-    PoolInfo, PoolSpec, SnapshotInfo, SnapshotKind, SnapshotRequest, State,
-};
 pub use tine_manager::network::{CleanupReport, Lease, NetworkMode};
+pub use tine_manager::{
+    CompressState, ExecRequest, ForkFrom, ForkOutcome, ForkReport, ForkRequest, ForkTarget,
+    InstanceInfo, PoolInfo, PoolSpec, RunRequest, SnapshotInfo, SnapshotKind, SnapshotRequest,
+    State,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RestoreRequest {
@@ -53,8 +54,14 @@ pub enum ExecFrame {
         #[serde(with = "b64")]
         data: Vec<u8>,
     },
-    Exit { exit_code: Option<i32>, signal: Option<i32>, timed_out: bool },
-    Error { error: String },
+    Exit {
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        timed_out: bool,
+    },
+    Error {
+        error: String,
+    },
 }
 
 /// Error body of every non-2xx answer.
@@ -71,7 +78,9 @@ mod b64 {
     }
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = String::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD.decode(s).map_err(serde::de::Error::custom)
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -81,7 +90,11 @@ pub fn frame_of(ev: Result<tine_manager::ExecEvent, String>) -> ExecFrame {
     match ev {
         Ok(E::Stdout(data)) => ExecFrame::Stdout { data },
         Ok(E::Stderr(data)) => ExecFrame::Stderr { data },
-        Ok(E::Exit(s)) => ExecFrame::Exit { exit_code: s.code, signal: s.signal, timed_out: s.timed_out },
+        Ok(E::Exit(s)) => ExecFrame::Exit {
+            exit_code: s.code,
+            signal: s.signal,
+            timed_out: s.timed_out,
+        },
         Err(error) => ExecFrame::Error { error },
     }
 }

@@ -125,7 +125,13 @@ pub struct CloneCfg {
     pub accel: Accel,
 }
 
-pub async fn start_clone(kind: CloneKind, cfg: &CloneCfg, src: &SourceFiles, dir: PathBuf, mut t0: Instant) -> Result<Clone> {
+pub async fn start_clone(
+    kind: CloneKind,
+    cfg: &CloneCfg,
+    src: &SourceFiles,
+    dir: PathBuf,
+    mut t0: Instant,
+) -> Result<Clone> {
     let t_files = Instant::now();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -134,12 +140,25 @@ pub async fn start_clone(kind: CloneKind, cfg: &CloneCfg, src: &SourceFiles, dir
         .await?
         .context("copy the source disk")?;
     std::fs::hard_link(&src.memory, dir.join(MEMORY_FILE)).context("link the memory file")?;
-    let mut phases = Phases { files_ms: ms(t_files), ..Default::default() };
+    let mut phases = Phases {
+        files_ms: ms(t_files),
+        ..Default::default()
+    };
     let mut t_qemu = Instant::now();
     let mut clone = match kind {
         CloneKind::Bare => bare_start(cfg, src, &dir, &mut phases, false, None).await,
         CloneKind::BareDaemonize => bare_start(cfg, src, &dir, &mut phases, true, None).await,
-        CloneKind::BarePool => bare_start(cfg, src, &dir, &mut phases, false, Some((&mut t0, &mut t_qemu))).await,
+        CloneKind::BarePool => {
+            bare_start(
+                cfg,
+                src,
+                &dir,
+                &mut phases,
+                false,
+                Some((&mut t0, &mut t_qemu)),
+            )
+            .await
+        }
     }
     .with_context(|| format!("start clone in {}", dir.display()))?;
     phases.qemu_total_ms = ms(t_qemu);
@@ -155,15 +174,26 @@ pub async fn start_clone(kind: CloneKind, cfg: &CloneCfg, src: &SourceFiles, dir
     };
     phases.agent_ms = ms(t_agent);
     let t_id = Instant::now();
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let seed: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37) ^ (clone.pid as u8)).collect();
-    let mid = format!("{:032x}", (clone.pid as u128) << 64 | t0.elapsed().as_nanos());
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let seed: Vec<u8> = (0..64u8)
+        .map(|i| i.wrapping_mul(37) ^ (clone.pid as u8))
+        .collect();
+    let mid = format!(
+        "{:032x}",
+        (clone.pid as u128) << 64 | t0.elapsed().as_nanos()
+    );
     let timed = |f| async move {
         let r = f.await;
         (r, ms(t_id))
     };
     let ((a, ta), (b, tb), (c, tc)) = tokio::join!(
-        timed(Box::pin(agent.add_entropy(&seed)) as Pin<Box<dyn Future<Output = Result<(), AgentError>> + Send + '_>>),
+        timed(Box::pin(agent.add_entropy(&seed))
+            as Pin<
+                Box<dyn Future<Output = Result<(), AgentError>> + Send + '_>,
+            >),
         timed(Box::pin(agent.set_identity(Some(&name), Some(&mid)))),
         timed(Box::pin(agent.sync_clock()))
     );
@@ -182,7 +212,8 @@ impl Clone {
     pub async fn kill(&mut self) {
         if let Some(p) = self.proc.take() {
             tine_hypervisor::qemu::kill(&p);
-            let _ = tokio::time::timeout(Duration::from_secs(10), tine_hypervisor::wait_exit(p)).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), tine_hypervisor::wait_exit(p)).await;
         }
         if let Some(mut c) = self.child.take() {
             let _ = c.start_kill();
@@ -223,7 +254,10 @@ pub fn qemu_args(cfg: &CloneCfg, mem_mib: u32, memory_file: &Path, dir: &Path) -
         "none".into(),
         "-no-reboot".into(),
         "-object".into(),
-        format!("memory-backend-file,id=mem,size={mem_mib}M,mem-path={},share=off", esc(memory_file)),
+        format!(
+            "memory-backend-file,id=mem,size={mem_mib}M,mem-path={},share=off",
+            esc(memory_file)
+        ),
         "-kernel".into(),
         cfg.image.kernel.display().to_string(),
         "-initrd".into(),
@@ -235,13 +269,19 @@ pub fn qemu_args(cfg: &CloneCfg, mem_mib: u32, memory_file: &Path, dir: &Path) -
         "-serial".into(),
         "chardev:con".into(),
         "-drive".into(),
-        format!("id=root,file={},format=qcow2,if=none", esc(&dir.join("overlay.qcow2"))),
+        format!(
+            "id=root,file={},format=qcow2,if=none",
+            esc(&dir.join("overlay.qcow2"))
+        ),
         "-device".into(),
         "virtio-blk-device,drive=root".into(),
         "-device".into(),
         "virtio-serial-device".into(),
         "-chardev".into(),
-        format!("socket,id=agent,path={},server=on,wait=off", esc(&dir.join("agent.sock"))),
+        format!(
+            "socket,id=agent,path={},server=on,wait=off",
+            esc(&dir.join("agent.sock"))
+        ),
         "-device".into(),
         "virtserialport,chardev=agent,name=tine.agent".into(),
         "-qmp".into(),
@@ -266,12 +306,20 @@ async fn bare_start(
     let mut args = qemu_args(cfg, src.memory_mib, &dir.join(MEMORY_FILE), dir);
     let pid_file = dir.join("qemu.pid");
     if daemonize {
-        args.extend(["-daemonize".into(), "-pidfile".into(), pid_file.display().to_string()]);
+        args.extend([
+            "-daemonize".into(),
+            "-pidfile".into(),
+            pid_file.display().to_string(),
+        ]);
     }
     let log = std::fs::File::create(dir.join("qemu.log"))?;
     let t = Instant::now();
     let mut cmd = tokio::process::Command::new(&cfg.qemu);
-    cmd.args(&args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).kill_on_drop(true);
+    cmd.args(&args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
     // SAFETY: prctl is async-signal-safe. The clone dies with the benchmark.
     unsafe {
         cmd.pre_exec(|| {
@@ -279,7 +327,9 @@ async fn bare_start(
             Ok(())
         });
     }
-    let mut child = cmd.spawn().with_context(|| format!("spawn {}", cfg.qemu.display()))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("spawn {}", cfg.qemu.display()))?;
     let mut pid = child.id().map(|p| p as i32).unwrap_or(0);
     let mut proc = None;
     if daemonize {
@@ -289,11 +339,15 @@ async fn bare_start(
             let log = std::fs::read_to_string(dir.join("qemu.log")).unwrap_or_default();
             bail!("QEMU -daemonize failed ({st}): {}", log.trim());
         }
-        pid = std::fs::read_to_string(&pid_file)?.trim().parse().context("pid file")?;
+        pid = std::fs::read_to_string(&pid_file)?
+            .trim()
+            .parse()
+            .context("pid file")?;
         proc = Some(VmProcess::of_pid(pid).context("daemonized QEMU is gone")?);
     }
     let result = async {
-        let mut q = Qmp::connect_retry(&dir.join("qmp.sock"), Duration::from_secs(30), &mut child).await?;
+        let mut q =
+            Qmp::connect_retry(&dir.join("qmp.sock"), Duration::from_secs(30), &mut child).await?;
         ph.spawn_to_qmp_ms = Some(ms(t));
         let t = Instant::now();
         q.execute("qmp_capabilities", None).await?;
@@ -311,7 +365,8 @@ async fn bare_start(
         }
         let t = Instant::now();
         let uri = format!("file:{}", src.vmstate.display());
-        q.execute("migrate-incoming", Some(json!({ "uri": uri }))).await?;
+        q.execute("migrate-incoming", Some(json!({ "uri": uri })))
+            .await?;
         let (setup_ts, done_ts) = q.wait_migration().await?;
         ph.load_host_ms = Some(ms(t));
         ph.load_qemu_ms = setup_ts.map(|s| (done_ts - s) * 1e3);
@@ -349,12 +404,20 @@ struct Qmp {
 }
 
 impl Qmp {
-    async fn connect_retry(path: &Path, timeout: Duration, child: &mut tokio::process::Child) -> Result<Qmp> {
+    async fn connect_retry(
+        path: &Path,
+        timeout: Duration,
+        child: &mut tokio::process::Child,
+    ) -> Result<Qmp> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(s) = UnixStream::connect(path).await {
                 let (r, w) = s.into_split();
-                let mut q = Qmp { reader: BufReader::new(r), writer: w, events: Vec::new() };
+                let mut q = Qmp {
+                    reader: BufReader::new(r),
+                    writer: w,
+                    events: Vec::new(),
+                };
                 let greeting = q.read().await?;
                 if greeting.get("QMP").is_none() {
                     bail!("unexpected QMP greeting {greeting}");
@@ -395,7 +458,10 @@ impl Qmp {
                 return Ok(r.clone());
             }
             if let Some(e) = v.get("error") {
-                bail!("QMP {cmd}: {}", e.get("desc").and_then(Value::as_str).unwrap_or("error"));
+                bail!(
+                    "QMP {cmd}: {}",
+                    e.get("desc").and_then(Value::as_str).unwrap_or("error")
+                );
             }
             self.events.push(v);
         }

@@ -26,7 +26,11 @@ struct Registry {
     done: bool,
 }
 
-static REG: Mutex<Registry> = Mutex::new(Registry { work: None, daemons: Vec::new(), done: false });
+static REG: Mutex<Registry> = Mutex::new(Registry {
+    work: None,
+    daemons: Vec::new(),
+    done: false,
+});
 
 pub fn set_work_dir(dir: &Path) {
     REG.lock().unwrap().work = Some(dir.to_path_buf());
@@ -63,14 +67,24 @@ pub fn cleanup_all() {
 
 /// Clean what a dead earlier run left in `base` (its owner pid is gone).
 pub fn sweep_stale(base: &Path) {
-    let Ok(entries) = std::fs::read_dir(base) else { return };
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix(DIR_PREFIX).and_then(|p| p.parse::<i32>().ok()) else { continue };
+        let Some(pid) = name
+            .strip_prefix(DIR_PREFIX)
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
         if pid_alive(pid) {
             continue;
         }
-        eprintln!("tine-bench: cleaning up after dead run {pid}: {}", e.path().display());
+        eprintln!(
+            "tine-bench: cleaning up after dead run {pid}: {}",
+            e.path().display()
+        );
         clean_dir(&e.path());
     }
 }
@@ -124,7 +138,11 @@ pub fn unmount_under(dir: &Path) {
 
 pub fn umount(target: &Path) {
     for attempt in 0..20 {
-        if Command::new("umount").arg(target).output().is_ok_and(|o| o.status.success()) {
+        if Command::new("umount")
+            .arg(target)
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
             return;
         }
         std::thread::sleep(Duration::from_millis(50 * (attempt + 1)));
@@ -134,11 +152,15 @@ pub fn umount(target: &Path) {
 }
 
 pub fn detach_loops_under(dir: &Path) {
-    let out = Command::new("losetup").args(["--list", "--noheadings", "-O", "NAME,BACK-FILE"]).output();
+    let out = Command::new("losetup")
+        .args(["--list", "--noheadings", "-O", "NAME,BACK-FILE"])
+        .output();
     let Ok(out) = out else { return };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let mut f = line.split_whitespace();
-        let (Some(dev), Some(back)) = (f.next(), f.next()) else { continue };
+        let (Some(dev), Some(back)) = (f.next(), f.next()) else {
+            continue;
+        };
         if Path::new(back).starts_with(dir) {
             let _ = Command::new("losetup").arg("-d").arg(dev).output();
         }
@@ -148,7 +170,9 @@ pub fn detach_loops_under(dir: &Path) {
 /// (pid, comm) of processes whose command line contains `needle`.
 fn procs_naming(needle: &str) -> Vec<(i32, String)> {
     let me = std::process::id() as i32;
-    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
@@ -189,7 +213,9 @@ pub fn terminate(pid: i32, grace: Duration) {
 /// Alive and not a zombie.
 pub fn pid_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Ok(s) => !s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }

@@ -29,7 +29,10 @@ impl Daemon {
     pub async fn start(o: &DaemonOpts<'_>, data_dir: &Path, fork_memory: &str) -> Result<Daemon> {
         std::fs::create_dir_all(data_dir)?;
         let log = data_dir.join("daemon-tine.log");
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let mut cmd = Command::new(o.tine);
         cmd.arg("serve")
             .arg("--data-dir")
@@ -59,7 +62,9 @@ impl Daemon {
                 Ok(())
             });
         }
-        let child = cmd.spawn().with_context(|| format!("start {}", o.tine.display()))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("start {}", o.tine.display()))?;
         cleanup::add_daemon(child.id());
         let client = Client::new(Endpoint::Unix(data_dir.join("tine.sock")));
         let mut d = Daemon { child, client, log };
@@ -94,9 +99,17 @@ impl Daemon {
     }
 
     pub async fn run_vm(&self, name: &str, memory_mib: u32) -> Result<(InstanceInfo, f64)> {
-        let req = RunRequest { name: Some(name.into()), memory_mib: Some(memory_mib), ..Default::default() };
+        let req = RunRequest {
+            name: Some(name.into()),
+            memory_mib: Some(memory_mib),
+            ..Default::default()
+        };
         let t = Instant::now();
-        let info = self.client.run(&req).await.with_context(|| format!("tine run {name}"))?;
+        let info = self
+            .client
+            .run(&req)
+            .await
+            .with_context(|| format!("tine run {name}"))?;
         Ok((info, ms(t)))
     }
 
@@ -104,7 +117,11 @@ impl Daemon {
     pub async fn sh(&self, name: &str, script: &str) -> Result<String> {
         let mut req = ExecRequest::new(["sh", "-c", script]);
         req.timeout_ms = Some(600_000);
-        let r = self.client.exec(name, &req).await.with_context(|| format!("exec in {name}"))?;
+        let r = self
+            .client
+            .exec(name, &req)
+            .await
+            .with_context(|| format!("exec in {name}"))?;
         if r.exit_code != Some(0) {
             bail!(
                 "`{script}` in {name} failed ({:?}/{:?}): {}",
@@ -132,29 +149,53 @@ impl Daemon {
 
     pub async fn action(&self, name: &str, action: &str) -> Result<f64> {
         let t = Instant::now();
-        self.client.action(name, action).await.with_context(|| format!("tine {action} {name}"))?;
+        self.client
+            .action(name, action)
+            .await
+            .with_context(|| format!("tine {action} {name}"))?;
         Ok(ms(t))
     }
 
     /// Set a warm pool of `size` for `source` and wait until it is full.
-    pub async fn pool_fill(&self, source: &str, size: u32, timeout: Duration) -> Result<tine_api::PoolInfo> {
-        let spec = tine_api::PoolSpec { from: tine_api::ForkFrom::Instance, source: source.into(), size };
-        self.client.pool_set(&spec).await.with_context(|| format!("pool for {source}"))?;
+    pub async fn pool_fill(
+        &self,
+        source: &str,
+        size: u32,
+        timeout: Duration,
+    ) -> Result<tine_api::PoolInfo> {
+        let spec = tine_api::PoolSpec {
+            from: tine_api::ForkFrom::Instance,
+            source: source.into(),
+            size,
+        };
+        self.client
+            .pool_set(&spec)
+            .await
+            .with_context(|| format!("pool for {source}"))?;
         let deadline = Instant::now() + timeout;
         loop {
             let pools = self.client.pools().await?;
-            if let Some(p) = pools.into_iter().find(|p| p.spec.source == source && p.ready >= size as usize) {
+            if let Some(p) = pools
+                .into_iter()
+                .find(|p| p.spec.source == source && p.ready >= size as usize)
+            {
                 return Ok(p);
             }
             if Instant::now() > deadline {
-                bail!("pool for {source} did not fill to {size} within {timeout:?}:\n{}", self.log_tail(10));
+                bail!(
+                    "pool for {source} did not fill to {size} within {timeout:?}:\n{}",
+                    self.log_tail(10)
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     pub async fn pool_remove(&self, source: &str) -> Result<()> {
-        self.client.pool_remove(tine_api::ForkFrom::Instance, source).await.with_context(|| format!("remove pool of {source}"))?;
+        self.client
+            .pool_remove(tine_api::ForkFrom::Instance, source)
+            .await
+            .with_context(|| format!("remove pool of {source}"))?;
         Ok(())
     }
 
@@ -178,13 +219,19 @@ impl Daemon {
     /// Remove every instance except `keep`.
     pub async fn remove_all_except(&self, keep: &[&str]) -> Result<()> {
         let list = self.client.list().await?;
-        let names: Vec<String> = list.into_iter().map(|i| i.name).filter(|n| !keep.contains(&n.as_str())).collect();
+        let names: Vec<String> = list
+            .into_iter()
+            .map(|i| i.name)
+            .filter(|n| !keep.contains(&n.as_str()))
+            .collect();
         self.remove(&names).await
     }
 }
 
 /// Await all futures concurrently, results in order.
-pub async fn futures_join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+pub async fn futures_join_all<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
     let futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
     let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
     let mut pending: Vec<(usize, std::pin::Pin<Box<F>>)> = futs.into_iter().enumerate().collect();

@@ -66,12 +66,28 @@ impl Mounted {
         std::fs::File::create(&image)
             .and_then(|f| f.set_len(size))
             .with_context(|| format!("create loop image {}", image.display()))?;
-        let (dev, direct_io) = match run(Command::new("losetup").args(["--find", "--show", "--direct-io=on"]).arg(&image)) {
+        let (dev, direct_io) = match run(Command::new("losetup")
+            .args(["--find", "--show", "--direct-io=on"])
+            .arg(&image))
+        {
             Ok(d) => (d.trim().to_string(), true),
-            Err(_) => (run(Command::new("losetup").args(["--find", "--show"]).arg(&image))?.trim().to_string(), false),
+            Err(_) => (
+                run(Command::new("losetup")
+                    .args(["--find", "--show"])
+                    .arg(&image))?
+                .trim()
+                .to_string(),
+                false,
+            ),
         };
         let mut m = Mounted {
-            info: MountInfo { kind, path: mnt.clone(), loop_device: Some(dev.clone()), direct_io, size_bytes: size },
+            info: MountInfo {
+                kind,
+                path: mnt.clone(),
+                loop_device: Some(dev.clone()),
+                direct_io,
+                size_bytes: size,
+            },
             image: Some(image),
         };
         let mkfs: &[&str] = match kind {
@@ -82,7 +98,10 @@ impl Mounted {
             .and_then(|_| run(Command::new("mount").arg(&dev).arg(&mnt)));
         if let Err(e) = made {
             m.teardown();
-            return Err(e.context(format!("make {} on {dev} (needs root, xfsprogs, e2fsprogs)", kind.name())));
+            return Err(e.context(format!(
+                "make {} on {dev} (needs root, xfsprogs, e2fsprogs)",
+                kind.name()
+            )));
         }
         Ok(m)
     }
@@ -92,7 +111,9 @@ impl Mounted {
     }
 
     pub fn teardown(&mut self) {
-        let Some(image) = self.image.take() else { return };
+        let Some(image) = self.image.take() else {
+            return;
+        };
         cleanup::umount(&self.info.path);
         if let Some(dev) = &self.info.loop_device {
             let _ = Command::new("losetup").arg("-d").arg(dev).output();
@@ -127,7 +148,11 @@ pub fn fs_used_bytes(path: &Path) -> Result<u64> {
 fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?}: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

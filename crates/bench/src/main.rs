@@ -49,7 +49,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let _guard = CleanupGuard;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let result = rt.block_on(async {
         tokio::spawn(async {
             use tokio::signal::unix::{signal, SignalKind};
@@ -87,7 +90,9 @@ async fn run(args: &Args, cfg: Config, steps: &[Step]) -> Result<usize> {
     let accel = tine_hypervisor::detect_accel();
     std::fs::create_dir_all(&args.work_dir)?;
     cleanup::sweep_stale(&args.work_dir);
-    let work = args.work_dir.join(format!("{}{}", cleanup::DIR_PREFIX, std::process::id()));
+    let work = args
+        .work_dir
+        .join(format!("{}{}", cleanup::DIR_PREFIX, std::process::id()));
     std::fs::create_dir_all(&work)?;
     cleanup::set_work_dir(&work);
 
@@ -102,13 +107,20 @@ async fn run(args: &Args, cfg: Config, steps: &[Step]) -> Result<usize> {
         images_dir: args.images_dir.clone(),
         network: args.network.clone(),
         logs_dir: args.logs_dir.clone(),
-        clone_cfg: Arc::new(bare::CloneCfg { qemu: args.qemu.clone(), image, accel: accel.accel }),
+        clone_cfg: Arc::new(bare::CloneCfg {
+            qemu: args.qemu.clone(),
+            image,
+            accel: accel.accel,
+        }),
     };
     let mut results = Results {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         config: cfg,
         machine: machine_start,
-        started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        started_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
         duration_s: 0.0,
         filesystems: vec![],
         skipped: vec![],
@@ -142,10 +154,16 @@ async fn run(args: &Args, cfg: Config, steps: &[Step]) -> Result<usize> {
     let table = report::render(&results);
     println!("{table}");
     if let Some(p) = &args.json_out {
-        std::fs::write(p, serde_json::to_vec_pretty(&results)?).with_context(|| format!("write {}", p.display()))?;
+        std::fs::write(p, serde_json::to_vec_pretty(&results)?)
+            .with_context(|| format!("write {}", p.display()))?;
         eprintln!("tine-bench: JSON written to {}", p.display());
     }
-    let errors = results.errors.len() + results.filesystems.iter().map(|f| f.errors.len()).sum::<usize>();
+    let errors = results.errors.len()
+        + results
+            .filesystems
+            .iter()
+            .map(|f| f.errors.len())
+            .sum::<usize>();
     Ok(errors)
 }
 
@@ -153,7 +171,10 @@ fn find_tine(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = explicit {
         return Ok(p.to_path_buf());
     }
-    if let Some(sib) = std::env::current_exe().ok().and_then(|e| Some(e.parent()?.join("tine"))) {
+    if let Some(sib) = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.join("tine")))
+    {
         if sib.is_file() {
             return Ok(sib);
         }
@@ -162,7 +183,9 @@ fn find_tine(explicit: Option<&Path>) -> Result<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join("tine"))
         .find(|c| c.is_file())
-        .context("tine binary not found: build it (cargo build --release -p tine-cli) or pass --tine")
+        .context(
+            "tine binary not found: build it (cargo build --release -p tine-cli) or pass --tine",
+        )
 }
 
 fn loadavg() -> String {
@@ -174,19 +197,36 @@ fn loadavg() -> String {
 fn machine(qemu: &Path, accel: &tine_hypervisor::AccelChoice) -> Machine {
     let mem_total = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
         .unwrap_or(0)
         * 1024;
     let qemu_version = std::process::Command::new(qemu)
         .arg("--version")
         .output()
         .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_string))
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
         .unwrap_or_default();
     Machine {
-        cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         mem_total_bytes: mem_total,
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
         qemu: qemu_version,
         accel: accel.accel.as_str().to_string(),
         accel_warning: accel.warning.clone(),

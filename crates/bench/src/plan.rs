@@ -33,8 +33,15 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 7] =
-        [Mode::Link, Mode::Pool, Mode::Bare, Mode::BareDaemonize, Mode::BarePool, Mode::Copy, Mode::FullCopy];
+    pub const ALL: [Mode; 7] = [
+        Mode::Link,
+        Mode::Pool,
+        Mode::Bare,
+        Mode::BareDaemonize,
+        Mode::BarePool,
+        Mode::Copy,
+        Mode::FullCopy,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -71,7 +78,9 @@ impl std::str::FromStr for Mode {
         Mode::ALL
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| format!("unknown mode {s:?} (link, pool, bare, bare-d, bare-pool, copy, full-copy)"))
+            .ok_or_else(|| {
+                format!("unknown mode {s:?} (link, pool, bare, bare-d, bare-pool, copy, full-copy)")
+            })
     }
 }
 
@@ -86,7 +95,13 @@ pub enum Section {
 }
 
 impl Section {
-    pub const ALL: [Section; 5] = [Section::Boot, Section::Standby, Section::Fork, Section::FromRunning, Section::BootN];
+    pub const ALL: [Section; 5] = [
+        Section::Boot,
+        Section::Standby,
+        Section::Fork,
+        Section::FromRunning,
+        Section::BootN,
+    ];
     pub fn name(self) -> &'static str {
         match self {
             Section::Boot => "boot",
@@ -104,7 +119,9 @@ impl std::str::FromStr for Section {
         Section::ALL
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| format!("unknown section {s:?} (boot, standby, fork, from-running, boot-n)"))
+            .ok_or_else(|| {
+                format!("unknown section {s:?} (boot, standby, fork, from-running, boot-n)")
+            })
     }
 }
 
@@ -231,18 +248,30 @@ impl Config {
         let q = a.quick;
         let c = Config {
             quick: q,
-            fs: a.fs.clone().unwrap_or_else(|| vec![FsKind::Ext4, FsKind::Xfs]),
-            sizes: a.sizes.clone().unwrap_or_else(|| if q { vec![256] } else { vec![256, 1024] }),
+            fs: a
+                .fs
+                .clone()
+                .unwrap_or_else(|| vec![FsKind::Ext4, FsKind::Xfs]),
+            sizes: a
+                .sizes
+                .clone()
+                .unwrap_or_else(|| if q { vec![256] } else { vec![256, 1024] }),
             touch_mib: a.touch_mib,
             reps: a.reps.unwrap_or(if q { 3 } else { 5 }),
             // 100 idle TCG forks need more than this machine's 2 cores (see
             // BENCHMARKS.md); `--bursts 25,100` asks for it anyway.
-            bursts: a.bursts.clone().unwrap_or_else(|| if q { vec![10] } else { vec![25, 50] }),
+            bursts: a
+                .bursts
+                .clone()
+                .unwrap_or_else(|| if q { vec![10] } else { vec![25, 50] }),
             boot_n: a.boot_n.unwrap_or(if q { 10 } else { 25 }),
             parallel: a.parallel,
             modes: a.modes.clone().unwrap_or_else(|| Mode::ALL.to_vec()),
             sections: a.sections.clone().unwrap_or_else(|| Section::ALL.to_vec()),
-            dirty: a.dirty.clone().unwrap_or_else(|| if q { vec![0, 64] } else { vec![0, 64, 128] }),
+            dirty: a
+                .dirty
+                .clone()
+                .unwrap_or_else(|| if q { vec![0, 64] } else { vec![0, 64, 128] }),
             copy_budget_bytes: a.copy_budget_gib << 30,
             settle_ms: a.settle_ms.unwrap_or(if q { 1000 } else { 2000 }),
             network: a.network.clone(),
@@ -251,7 +280,9 @@ impl Config {
             return Err("--reps must be at least 1".into());
         }
         if let Some(b) = c.bursts.iter().find(|b| !(2..=100).contains(*b)) {
-            return Err(format!("burst size {b} out of range (2..=100; tine forks at most 100 per request)"));
+            return Err(format!(
+                "burst size {b} out of range (2..=100; tine forks at most 100 per request)"
+            ));
         }
         if c.sizes.iter().any(|s| *s < 128) {
             return Err("guest sizes must be at least 128 MiB".into());
@@ -277,34 +308,101 @@ impl Config {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum Step {
-    Mount { fs: FsKind },
-    Boot { reps: u32 },
-    StandbyRestore { mem_mib: u32, dirty: Vec<u32>, reps: u32 },
-    Source { mem_mib: u32, touch_mib: u32 },
-    Singles { mem_mib: u32, modes: Vec<Mode>, reps: u32 },
-    Burst { mem_mib: u32, mode: Mode, count: u32 },
-    FromRunning { mem_mib: u32, reps: u32 },
-    BootN { mem_mib: u32, count: u32, touch_mib: u32 },
-    Skip { what: String, reason: String },
-    Teardown { fs: FsKind },
+    Mount {
+        fs: FsKind,
+    },
+    Boot {
+        reps: u32,
+    },
+    StandbyRestore {
+        mem_mib: u32,
+        dirty: Vec<u32>,
+        reps: u32,
+    },
+    Source {
+        mem_mib: u32,
+        touch_mib: u32,
+    },
+    Singles {
+        mem_mib: u32,
+        modes: Vec<Mode>,
+        reps: u32,
+    },
+    Burst {
+        mem_mib: u32,
+        mode: Mode,
+        count: u32,
+    },
+    FromRunning {
+        mem_mib: u32,
+        reps: u32,
+    },
+    BootN {
+        mem_mib: u32,
+        count: u32,
+        touch_mib: u32,
+    },
+    Skip {
+        what: String,
+        reason: String,
+    },
+    Teardown {
+        fs: FsKind,
+    },
 }
 
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Step::Mount { fs } => write!(f, "mount {} loop filesystem, start tine serve", fs.name()),
-            Step::Boot { reps } => write!(f, "boot: {reps} x tine run 256M (sequential), idle RSS/PSS"),
-            Step::StandbyRestore { mem_mib, dirty, reps } => {
-                write!(f, "standby/restore {mem_mib} MiB: {reps} x each, dirty {dirty:?} MiB")
+            Step::Mount { fs } => {
+                write!(f, "mount {} loop filesystem, start tine serve", fs.name())
             }
-            Step::Source { mem_mib, touch_mib } => write!(f, "source {mem_mib} MiB: boot, fill {touch_mib} MiB, standby"),
-            Step::Singles { mem_mib, modes, reps } => {
+            Step::Boot { reps } => {
+                write!(f, "boot: {reps} x tine run 256M (sequential), idle RSS/PSS")
+            }
+            Step::StandbyRestore {
+                mem_mib,
+                dirty,
+                reps,
+            } => {
+                write!(
+                    f,
+                    "standby/restore {mem_mib} MiB: {reps} x each, dirty {dirty:?} MiB"
+                )
+            }
+            Step::Source { mem_mib, touch_mib } => write!(
+                f,
+                "source {mem_mib} MiB: boot, fill {touch_mib} MiB, standby"
+            ),
+            Step::Singles {
+                mem_mib,
+                modes,
+                reps,
+            } => {
                 let m: Vec<&str> = modes.iter().map(|m| m.name()).collect();
-                write!(f, "single fork {mem_mib} MiB: {reps} x [{}] interleaved (+1 warm-up each)", m.join(", "))
+                write!(
+                    f,
+                    "single fork {mem_mib} MiB: {reps} x [{}] interleaved (+1 warm-up each)",
+                    m.join(", ")
+                )
             }
-            Step::Burst { mem_mib, mode, count } => write!(f, "burst {mem_mib} MiB {}: {count} forks at once", mode.name()),
-            Step::FromRunning { mem_mib, reps } => write!(f, "fork --from-running {mem_mib} MiB: {reps} x"),
-            Step::BootN { mem_mib, count, touch_mib } => {
+            Step::Burst {
+                mem_mib,
+                mode,
+                count,
+            } => write!(
+                f,
+                "burst {mem_mib} MiB {}: {count} forks at once",
+                mode.name()
+            ),
+            Step::FromRunning { mem_mib, reps } => {
+                write!(f, "fork --from-running {mem_mib} MiB: {reps} x")
+            }
+            Step::BootN {
+                mem_mib,
+                count,
+                touch_mib,
+            } => {
                 write!(f, "baseline (a): boot {count} x {mem_mib} MiB at once, then each fills {touch_mib} MiB")
             }
             Step::Skip { what, reason } => write!(f, "SKIP {what}: {reason}"),
@@ -336,7 +434,10 @@ pub fn plan(c: &Config) -> Vec<Step> {
         for m in modes.iter().filter(|m| m.daemon_mode().is_none()) {
             steps.push(Step::Skip {
                 what: format!("mode {}", m.name()),
-                reason: format!("its QEMUs have no NIC; tine runs with --network {}", c.network),
+                reason: format!(
+                    "its QEMUs have no NIC; tine runs with --network {}",
+                    c.network
+                ),
             });
         }
         modes.retain(|m| m.daemon_mode().is_some());
@@ -348,15 +449,26 @@ pub fn plan(c: &Config) -> Vec<Step> {
         }
         if c.has(Section::Standby) {
             for &m in &c.sizes {
-                steps.push(Step::StandbyRestore { mem_mib: m, dirty: c.dirty.clone(), reps: c.reps });
+                steps.push(Step::StandbyRestore {
+                    mem_mib: m,
+                    dirty: c.dirty.clone(),
+                    reps: c.reps,
+                });
             }
         }
         if forking {
             for &m in &c.sizes {
-                steps.push(Step::Source { mem_mib: m, touch_mib: c.touch_mib });
+                steps.push(Step::Source {
+                    mem_mib: m,
+                    touch_mib: c.touch_mib,
+                });
             }
             for &m in &c.sizes {
-                steps.push(Step::Singles { mem_mib: m, modes: modes.clone(), reps: c.reps });
+                steps.push(Step::Singles {
+                    mem_mib: m,
+                    modes: modes.clone(),
+                    reps: c.reps,
+                });
                 for &n in &c.bursts {
                     for &mode in modes.iter().filter(|m| m.bursts()) {
                         let bytes = copy_bytes(mode, fs, m, n);
@@ -367,7 +479,11 @@ pub fn plan(c: &Config) -> Vec<Step> {
                             });
                         } else if bytes > c.copy_budget_bytes {
                             steps.push(Step::Skip {
-                                what: format!("burst {m} MiB {} x{n} on {}", mode.name(), fs.name()),
+                                what: format!(
+                                    "burst {m} MiB {} x{n} on {}",
+                                    mode.name(),
+                                    fs.name()
+                                ),
                                 reason: format!(
                                     "would write {} GiB of memory copies (> --copy-budget-gib {})",
                                     bytes >> 30,
@@ -375,7 +491,11 @@ pub fn plan(c: &Config) -> Vec<Step> {
                                 ),
                             });
                         } else {
-                            steps.push(Step::Burst { mem_mib: m, mode, count: n });
+                            steps.push(Step::Burst {
+                                mem_mib: m,
+                                mode,
+                                count: n,
+                            });
                         }
                     }
                 }
@@ -383,11 +503,18 @@ pub fn plan(c: &Config) -> Vec<Step> {
         }
         if c.has(Section::FromRunning) {
             for &m in &c.sizes {
-                steps.push(Step::FromRunning { mem_mib: m, reps: c.reps });
+                steps.push(Step::FromRunning {
+                    mem_mib: m,
+                    reps: c.reps,
+                });
             }
         }
         if c.has(Section::BootN) {
-            steps.push(Step::BootN { mem_mib: c.sizes[0], count: c.boot_n, touch_mib: c.touch_mib });
+            steps.push(Step::BootN {
+                mem_mib: c.sizes[0],
+                count: c.boot_n,
+                touch_mib: c.touch_mib,
+            });
         }
         steps.push(Step::Teardown { fs });
     }
@@ -407,14 +534,20 @@ mod tests {
     #[test]
     fn quick_defaults_are_small() {
         let c = cfg(&["--quick"]);
-        assert_eq!((c.sizes.clone(), c.reps, c.bursts.clone(), c.boot_n), (vec![256], 3, vec![10], 10));
+        assert_eq!(
+            (c.sizes.clone(), c.reps, c.bursts.clone(), c.boot_n),
+            (vec![256], 3, vec![10], 10)
+        );
         assert_eq!(c.fs, vec![FsKind::Ext4, FsKind::Xfs]);
     }
 
     #[test]
     fn full_defaults_follow_the_issue() {
         let c = cfg(&[]);
-        assert_eq!((c.sizes.clone(), c.reps, c.bursts.clone(), c.touch_mib), (vec![256, 1024], 5, vec![25, 50], 128));
+        assert_eq!(
+            (c.sizes.clone(), c.reps, c.bursts.clone(), c.touch_mib),
+            (vec![256, 1024], 5, vec![25, 50], 128)
+        );
         assert_eq!(c.dirty, vec![0, 64, 128]);
     }
 
@@ -426,29 +559,57 @@ mod tests {
             assert!(p.contains(&Step::Teardown { fs }));
         }
         for mode in Mode::ALL.into_iter().filter(|m| m.bursts()) {
-            let bursts = p.iter().filter(|s| matches!(s, Step::Burst { mode: m, count: 10, .. } if *m == mode)).count();
+            let bursts = p
+                .iter()
+                .filter(|s| matches!(s, Step::Burst { mode: m, count: 10, .. } if *m == mode))
+                .count();
             assert_eq!(bursts, 2, "{mode:?}");
         }
-        let singles = p.iter().filter(|s| matches!(s, Step::Singles { modes, .. } if modes.len() == 7)).count();
+        let singles = p
+            .iter()
+            .filter(|s| matches!(s, Step::Singles { modes, .. } if modes.len() == 7))
+            .count();
         assert_eq!(singles, 2);
         assert!(p.iter().all(|s| !matches!(s, Step::Skip { .. })));
     }
 
     #[test]
     fn big_copy_bursts_are_skipped_but_reflinks_are_not() {
-        let p = plan(&cfg(&["--sizes", "1024", "--bursts", "25", "--modes", "copy,full-copy"]));
-        let skipped: Vec<&Step> = p.iter().filter(|s| matches!(s, Step::Skip { .. })).collect();
+        let p = plan(&cfg(&[
+            "--sizes",
+            "1024",
+            "--bursts",
+            "25",
+            "--modes",
+            "copy,full-copy",
+        ]));
+        let skipped: Vec<&Step> = p
+            .iter()
+            .filter(|s| matches!(s, Step::Skip { .. }))
+            .collect();
         // full-copy on both, copy (sparse) on ext4; copy on xfs is a reflink.
         assert_eq!(skipped.len(), 3, "{skipped:?}");
-        assert!(p.contains(&Step::Burst { mem_mib: 1024, mode: Mode::Copy, count: 25 }));
+        assert!(p.contains(&Step::Burst {
+            mem_mib: 1024,
+            mode: Mode::Copy,
+            count: 25
+        }));
     }
 
     #[test]
     fn bad_arguments_are_refused() {
-        for bad in [vec!["--bursts", "101"], vec!["--reps", "0"], vec!["--sizes", "64"], vec!["--parallel", "0"]] {
+        for bad in [
+            vec!["--bursts", "101"],
+            vec!["--reps", "0"],
+            vec!["--sizes", "64"],
+            vec!["--parallel", "0"],
+        ] {
             let mut v = vec!["tine-bench"];
             v.extend_from_slice(&bad);
-            assert!(Config::from_args(&Args::try_parse_from(v).unwrap()).is_err(), "{bad:?}");
+            assert!(
+                Config::from_args(&Args::try_parse_from(v).unwrap()).is_err(),
+                "{bad:?}"
+            );
         }
         assert!(Args::try_parse_from(["tine-bench", "--modes", "nope"]).is_err());
     }

@@ -49,9 +49,15 @@ pub fn parse_smaps(text: &str) -> ProcMem {
                 continue;
             }
         }
-        let Some((key, rest)) = line.split_once(':') else { continue };
+        let Some((key, rest)) = line.split_once(':') else {
+            continue;
+        };
         let kb = || -> u64 {
-            rest.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024
+            rest.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
         };
         match key {
             "Rss" => {
@@ -80,7 +86,10 @@ pub fn parse_smaps(text: &str) -> ProcMem {
 fn header_path(line: &str) -> Option<(&str, bool)> {
     let first = line.split_whitespace().next()?;
     let (a, b) = first.split_once('-')?;
-    if a.is_empty() || !a.bytes().all(|c| c.is_ascii_hexdigit()) || !b.bytes().all(|c| c.is_ascii_hexdigit()) {
+    if a.is_empty()
+        || !a.bytes().all(|c| c.is_ascii_hexdigit())
+        || !b.bytes().all(|c| c.is_ascii_hexdigit())
+    {
         return None;
     }
     // Skip five fields, keep the rest (paths may contain spaces).
@@ -94,7 +103,8 @@ fn header_path(line: &str) -> Option<(&str, bool)> {
 }
 
 pub fn read_proc(pid: i32) -> Result<ProcMem> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).with_context(|| format!("read smaps of {pid}"))?;
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .with_context(|| format!("read smaps of {pid}"))?;
     Ok(parse_smaps(&text))
 }
 
@@ -114,7 +124,14 @@ pub fn cached_bytes(path: &Path) -> Result<u64> {
     // mincore writes exactly one byte per page of it into `vec`.
     unsafe {
         use std::os::fd::AsRawFd;
-        let addr = libc::mmap(std::ptr::null_mut(), size, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0);
+        let addr = libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
         if addr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error()).context("mmap for mincore");
         }
@@ -146,7 +163,10 @@ pub fn cpu_seconds(pids: &[i32]) -> f64 {
 }
 
 /// Percent of one core each of `pids` used while `wait` ran.
-pub async fn idle_cpu_pct_per_vm(pids: &[i32], wait: impl std::future::Future<Output = ()>) -> Option<f64> {
+pub async fn idle_cpu_pct_per_vm(
+    pids: &[i32],
+    wait: impl std::future::Future<Output = ()>,
+) -> Option<f64> {
     if pids.is_empty() {
         return None;
     }
@@ -218,9 +238,13 @@ pub fn measure(pids: &[i32]) -> MemReport {
 /// filesystem-level delta for what they really cost).
 pub fn own_allocated(dir: &Path) -> u64 {
     let mut total = 0;
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     for e in entries.flatten() {
-        let Ok(md) = e.path().symlink_metadata() else { continue };
+        let Ok(md) = e.path().symlink_metadata() else {
+            continue;
+        };
         if md.is_dir() {
             total += own_allocated(&e.path());
         } else if md.is_file() && md.nlink() == 1 {
@@ -232,7 +256,9 @@ pub fn own_allocated(dir: &Path) -> u64 {
 
 /// Bytes allocated (st_blocks) by `path`, whatever its link count.
 pub fn allocated(path: &Path) -> u64 {
-    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+    std::fs::metadata(path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -268,7 +294,10 @@ Pss:                   8 kB
         assert_eq!(m.ram_pss, 2000 * 1024);
         assert_eq!(m.ram_anon, 1000 * 1024);
         assert_eq!(m.ram_rss, 3000 * 1024);
-        assert_eq!(m.ram_files, vec![PathBuf::from("/var/tmp/tine bench/xfs/instances/ab/memory")]);
+        assert_eq!(
+            m.ram_files,
+            vec![PathBuf::from("/var/tmp/tine bench/xfs/instances/ab/memory")]
+        );
     }
 
     #[test]
@@ -284,7 +313,9 @@ Pss:                   8 kB
 
     #[test]
     fn deleted_memory_file_is_still_guest_ram() {
-        let m = parse_smaps("7f0000000000-7f0010000000 rw-s 00000000 07:01 77 /d/memory (deleted)\nPss: 4 kB\n");
+        let m = parse_smaps(
+            "7f0000000000-7f0010000000 rw-s 00000000 07:01 77 /d/memory (deleted)\nPss: 4 kB\n",
+        );
         assert_eq!(m.ram_pss, 4096);
         assert_eq!(m.ram_files, vec![PathBuf::from("/d/memory")]);
     }

@@ -207,9 +207,16 @@ pub fn render(r: &Results) -> String {
     let _ = writeln!(o, "Command: `{}`\n", r.command);
 
     // Boot
-    let boots: Vec<_> = r.filesystems.iter().filter_map(|fr| fr.boot.as_ref().map(|b| (fr, b))).collect();
+    let boots: Vec<_> = r
+        .filesystems
+        .iter()
+        .filter_map(|fr| fr.boot.as_ref().map(|b| (fr, b)))
+        .collect();
     if !boots.is_empty() {
-        let _ = writeln!(o, "### Boot (`tine run` → agent answers, 256 MiB, sequential)\n");
+        let _ = writeln!(
+            o,
+            "### Boot (`tine run` → agent answers, 256 MiB, sequential)\n"
+        );
         let _ = writeln!(o, "| fs | n | run p50 ms | min | max | daemon boot p50 ms | idle RSS/VM MiB | idle PSS/VM MiB | idle host/VM MiB | idle CPU %/VM |");
         let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|");
         for (fr, b) in boots {
@@ -232,7 +239,11 @@ pub fn render(r: &Results) -> String {
     }
 
     // Standby / restore
-    let rows: Vec<_> = r.filesystems.iter().flat_map(|fr| fr.standby.iter().map(move |s| (fr, s))).collect();
+    let rows: Vec<_> = r
+        .filesystems
+        .iter()
+        .flat_map(|fr| fr.standby.iter().map(move |s| (fr, s)))
+        .collect();
     if !rows.is_empty() {
         let _ = writeln!(o, "### Standby and restore (client side, median of n)\n");
         let _ = writeln!(o, "| fs | guest MiB | dirtied MiB | n | standby p50 ms | standby max | restore p50 ms | restore max |");
@@ -255,12 +266,26 @@ pub fn render(r: &Results) -> String {
     }
 
     // Single forks
-    let singles: Vec<_> =
-        r.filesystems.iter().flat_map(|fr| fr.forks.iter().filter(|c| c.count == 1).map(move |c| (fr, c))).collect();
+    let singles: Vec<_> = r
+        .filesystems
+        .iter()
+        .flat_map(|fr| {
+            fr.forks
+                .iter()
+                .filter(|c| c.count == 1)
+                .map(move |c| (fr, c))
+        })
+        .collect();
     if !singles.is_empty() {
-        let _ = writeln!(o, "### Single fork (request → vCPUs running / → agent ready + identity), repetitions\n");
+        let _ = writeln!(
+            o,
+            "### Single fork (request → vCPUs running / → agent ready + identity), repetitions\n"
+        );
         let _ = writeln!(o, "| fs | guest MiB | mode | n | running p50 ms | p95 | max | ready p50 ms | p95 | max | running vs link | ready vs link | tine running / this | tine ready / this |");
-        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            o,
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
         for (fr, c) in &singles {
             let link = link_cell(fr, c);
             let _ = writeln!(
@@ -276,16 +301,25 @@ pub fn render(r: &Results) -> String {
                 f(p50(&c.ready_ms)),
                 f(c.ready_ms.map(|s| s.p95)),
                 f(c.ready_ms.map(|s| s.max)),
-                x(ratio(p50(&c.running_ms), link.and_then(|l| p50(&l.running_ms)))),
+                x(ratio(
+                    p50(&c.running_ms),
+                    link.and_then(|l| p50(&l.running_ms))
+                )),
                 x(ratio(p50(&c.ready_ms), link.and_then(|l| p50(&l.ready_ms)))),
-                x(ratio(link.and_then(|l| p50(&l.running_ms)), p50(&c.running_ms))),
+                x(ratio(
+                    link.and_then(|l| p50(&l.running_ms)),
+                    p50(&c.running_ms)
+                )),
                 x(ratio(link.and_then(|l| p50(&l.ready_ms)), p50(&c.ready_ms))),
             );
         }
         o.push('\n');
         let phased: Vec<_> = singles.iter().filter(|(_, c)| c.phases.is_some()).collect();
         if !phased.is_empty() {
-            let _ = writeln!(o, "Where a baseline clone's time goes (medians of the single clones, ms):\n");
+            let _ = writeln!(
+                o,
+                "Where a baseline clone's time goes (medians of the single clones, ms):\n"
+            );
             let _ = writeln!(o, "| fs | guest MiB | mode | files | QEMU spawn → QMP | caps | state load (host) | state load (QEMU events) | cont | QEMU total | agent | identity | of which hostname+machine-id |");
             let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
             for (fr, c) in phased {
@@ -324,12 +358,26 @@ pub fn render(r: &Results) -> String {
     }
 
     // Bursts
-    let bursts: Vec<_> =
-        r.filesystems.iter().flat_map(|fr| fr.forks.iter().filter(|c| c.count > 1).map(move |c| (fr, c))).collect();
+    let bursts: Vec<_> = r
+        .filesystems
+        .iter()
+        .flat_map(|fr| {
+            fr.forks
+                .iter()
+                .filter(|c| c.count > 1)
+                .map(move |c| (fr, c))
+        })
+        .collect();
     if !bursts.is_empty() {
-        let _ = writeln!(o, "### Fork bursts (latency from the burst's request, all forks)\n");
+        let _ = writeln!(
+            o,
+            "### Fork bursts (latency from the burst's request, all forks)\n"
+        );
         let _ = writeln!(o, "| fs | guest MiB | mode | N ok/fail | running p50 | p95 | p99 | max | ready p50 | p95 | p99 | max | wall ms | ready p50 vs link | wall vs link |");
-        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            o,
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
         for (fr, c) in &bursts {
             let link = link_cell(fr, c);
             let (rn, rd) = (c.running_ms, c.ready_ms);
@@ -357,7 +405,10 @@ pub fn render(r: &Results) -> String {
         o.push('\n');
         let _ = writeln!(o, "Host memory and disk of the N running forks (MiB; host = Σ PSS − file-backed PSS of the guest-RAM mappings + page cache of the memory files, each inode once):\n");
         let _ = writeln!(o, "| fs | guest MiB | mode | N | host total | host/fork | Σ PSS | memfile cache (source's before) | Σ CoW | naive Σ RSS | host vs link | disk Δ/fork | own alloc/fork | idle CPU %/fork |");
-        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            o,
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
         for (fr, c) in &bursts {
             let Some(mm) = &c.mem else { continue };
             let link = link_cell(fr, c).and_then(|l| l.mem.as_ref());
@@ -376,7 +427,10 @@ pub fn render(r: &Results) -> String {
                 mib_o(c.source_cache_before.map(|b| b as f64)),
                 mib(mm.ram_cow_sum as f64),
                 mib(mm.rss_sum as f64),
-                x(ratio(Some(mm.host_total as f64), link.map(|l| l.host_total as f64))),
+                x(ratio(
+                    Some(mm.host_total as f64),
+                    link.map(|l| l.host_total as f64)
+                )),
                 mib_o(d.fs_delta_per_vm),
                 mib(d.own_allocated_per_vm),
                 f(mm.idle_cpu_pct_per_vm),
@@ -403,9 +457,17 @@ pub fn render(r: &Results) -> String {
     }
 
     // From running
-    let fr_rows: Vec<_> = r.filesystems.iter().flat_map(|fr| fr.from_running.iter().map(move |x| (fr, x))).collect();
+    let fr_rows: Vec<_> = r
+        .filesystems
+        .iter()
+        .flat_map(|fr| fr.from_running.iter().map(move |x| (fr, x)))
+        .collect();
     if !fr_rows.is_empty() {
-        let _ = writeln!(o, "### Fork from a running source (`--from-running`, source filled {} MiB)\n", r.config.touch_mib);
+        let _ = writeln!(
+            o,
+            "### Fork from a running source (`--from-running`, source filled {} MiB)\n",
+            r.config.touch_mib
+        );
         let _ = writeln!(o, "| fs | guest MiB | n | source pause p50 ms | max | fork running p50 ms | fork ready p50 ms |");
         let _ = writeln!(o, "|---|---|---|---|---|---|---|");
         for (fr, s) in fr_rows {
@@ -425,14 +487,26 @@ pub fn render(r: &Results) -> String {
     }
 
     // Boot N vs fork N
-    let bn: Vec<_> = r.filesystems.iter().filter_map(|fr| fr.boot_n.as_ref().map(|b| (fr, b))).collect();
+    let bn: Vec<_> = r
+        .filesystems
+        .iter()
+        .filter_map(|fr| fr.boot_n.as_ref().map(|b| (fr, b)))
+        .collect();
     if !bn.is_empty() {
         let _ = writeln!(o, "### Baseline (a): N fresh VMs (`tine run` at once, then each fills what the fork source filled) vs N forks\n");
         let _ = writeln!(o, "| fs | guest MiB | N ok | ready p50 ms | p99 | wall ms | fill wall ms | host idle MiB | host filled MiB | filled host/VM | disk Δ/VM | link fork N: host MiB | memory saved by forking | ready p50 boot/fork | wall boot/fork |");
-        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            o,
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
         for (fr, b) in bn {
-            let fork = fr.forks.iter().find(|c| c.mode == Mode::Link && c.mem_mib == b.mem_mib && c.count == b.count);
-            let fork_host = fork.and_then(|c| c.mem.as_ref()).map(|m| m.host_total as f64);
+            let fork = fr
+                .forks
+                .iter()
+                .find(|c| c.mode == Mode::Link && c.mem_mib == b.mem_mib && c.count == b.count);
+            let fork_host = fork
+                .and_then(|c| c.mem.as_ref())
+                .map(|m| m.host_total as f64);
             let filled = b.mem_touched.as_ref().map(|m| m.host_total as f64);
             let _ = writeln!(
                 o,
@@ -450,7 +524,10 @@ pub fn render(r: &Results) -> String {
                 mib_o(b.disk.fs_delta_per_vm),
                 mib_o(fork_host),
                 mib_o(filled.zip(fork_host).map(|(a, b)| a - b)),
-                x(ratio(b.ready_ms.map(|s| s.p50), fork.and_then(|c| p50(&c.ready_ms)))),
+                x(ratio(
+                    b.ready_ms.map(|s| s.p50),
+                    fork.and_then(|c| p50(&c.ready_ms))
+                )),
                 x(ratio(Some(b.wall_ms), fork.and_then(|c| c.wall_ms))),
             );
         }
@@ -469,7 +546,11 @@ pub fn render(r: &Results) -> String {
         .errors
         .iter()
         .cloned()
-        .chain(r.filesystems.iter().flat_map(|fr| fr.errors.iter().map(move |e| format!("[{}] {e}", fr.fs.kind.name()))))
+        .chain(r.filesystems.iter().flat_map(|fr| {
+            fr.errors
+                .iter()
+                .map(move |e| format!("[{}] {e}", fr.fs.kind.name()))
+        }))
         .collect();
     if !errors.is_empty() {
         let _ = writeln!(o, "Errors:");
@@ -482,5 +563,7 @@ pub fn render(r: &Results) -> String {
 }
 
 fn link_cell<'a>(fr: &'a FsResults, c: &ForkCell) -> Option<&'a ForkCell> {
-    fr.forks.iter().find(|l| l.mode == Mode::Link && l.mem_mib == c.mem_mib && l.count == c.count)
+    fr.forks
+        .iter()
+        .find(|l| l.mode == Mode::Link && l.mem_mib == c.mem_mib && l.count == c.count)
 }

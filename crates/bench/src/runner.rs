@@ -33,7 +33,12 @@ pub struct Ctx {
 
 impl Ctx {
     fn daemon_opts(&self) -> DaemonOpts<'_> {
-        DaemonOpts { tine: &self.tine, images_dir: &self.images_dir, qemu: &self.qemu, network: &self.network }
+        DaemonOpts {
+            tine: &self.tine,
+            images_dir: &self.images_dir,
+            qemu: &self.qemu,
+            network: &self.network,
+        }
     }
 }
 
@@ -75,9 +80,26 @@ impl<'a> FsRun<'a> {
             boot_n: None,
             errors: vec![],
         };
-        let mut r = FsRun { ctx, mount, daemon: None, daemon_mode: "link", data_dir, bare_root, sources: BTreeMap::new(), res };
+        let mut r = FsRun {
+            ctx,
+            mount,
+            daemon: None,
+            daemon_mode: "link",
+            data_dir,
+            bare_root,
+            sources: BTreeMap::new(),
+            res,
+        };
         r.restart_daemon("link").await?;
-        log(fs, format!("mounted {} (loop {:?}, direct-io {})", r.mount.path().display(), r.mount.info.loop_device, r.mount.info.direct_io));
+        log(
+            fs,
+            format!(
+                "mounted {} (loop {:?}, direct-io {})",
+                r.mount.path().display(),
+                r.mount.info.loop_device,
+                r.mount.info.direct_io
+            ),
+        );
         Ok(r)
     }
 
@@ -86,7 +108,9 @@ impl<'a> FsRun<'a> {
     }
 
     fn d(&self) -> Result<&Daemon> {
-        self.daemon.as_ref().ok_or_else(|| anyhow!("no daemon running"))
+        self.daemon
+            .as_ref()
+            .ok_or_else(|| anyhow!("no daemon running"))
     }
 
     async fn restart_daemon(&mut self, mode: &'static str) -> Result<()> {
@@ -127,21 +151,44 @@ impl<'a> FsRun<'a> {
         let r = match step {
             Step::Mount { .. } | Step::Teardown { .. } | Step::Skip { .. } => Ok(()),
             Step::Boot { reps } => self.boot(*reps).await,
-            Step::StandbyRestore { mem_mib, dirty, reps } => self.standby(*mem_mib, dirty, *reps).await,
+            Step::StandbyRestore {
+                mem_mib,
+                dirty,
+                reps,
+            } => self.standby(*mem_mib, dirty, *reps).await,
             Step::Source { mem_mib, touch_mib } => self.source(*mem_mib, *touch_mib).await,
-            Step::Singles { mem_mib, modes, reps } => self.singles(*mem_mib, modes, *reps).await,
-            Step::Burst { mem_mib, mode, count } => self.burst(*mem_mib, *mode, *count).await,
+            Step::Singles {
+                mem_mib,
+                modes,
+                reps,
+            } => self.singles(*mem_mib, modes, *reps).await,
+            Step::Burst {
+                mem_mib,
+                mode,
+                count,
+            } => self.burst(*mem_mib, *mode, *count).await,
             Step::FromRunning { mem_mib, reps } => self.fork_from_running(*mem_mib, *reps).await,
-            Step::BootN { mem_mib, count, touch_mib } => self.boot_n(*mem_mib, *count, *touch_mib).await,
+            Step::BootN {
+                mem_mib,
+                count,
+                touch_mib,
+            } => self.boot_n(*mem_mib, *count, *touch_mib).await,
         };
         if let Err(e) = r {
-            let tail = self.daemon.as_ref().map(|d| d.log_tail(12)).unwrap_or_default();
+            let tail = self
+                .daemon
+                .as_ref()
+                .map(|d| d.log_tail(12))
+                .unwrap_or_default();
             let msg = format!("{step}: {e:#}\n  daemon log (last lines):\n{tail}");
             log(self.fs(), format!("ERROR {msg}"));
             self.res.errors.push(msg);
             self.tidy().await;
         } else {
-            log(self.fs(), format!("  done in {:.1} s", t.elapsed().as_secs_f64()));
+            log(
+                self.fs(),
+                format!("  done in {:.1} s", t.elapsed().as_secs_f64()),
+            );
         }
     }
 
@@ -166,10 +213,15 @@ impl<'a> FsRun<'a> {
         if let Some(dir) = &self.ctx.logs_dir {
             // Keep the daemon logs: the data dir goes with the mount.
             let _ = std::fs::create_dir_all(dir);
-            for e in std::fs::read_dir(&self.data_dir).into_iter().flatten().flatten() {
+            for e in std::fs::read_dir(&self.data_dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if name.starts_with("daemon-") && name.ends_with(".log") {
-                    let _ = std::fs::copy(e.path(), dir.join(format!("{}-{name}", self.fs().name())));
+                    let _ =
+                        std::fs::copy(e.path(), dir.join(format!("{}-{name}", self.fs().name())));
                 }
             }
         }
@@ -205,7 +257,8 @@ impl<'a> FsRun<'a> {
         let mut result = None;
         if r.is_ok() {
             let cpu = procmem::idle_cpu_pct_per_vm(&pids, self.settle()).await;
-            let per: Vec<procmem::MemReport> = pids.iter().map(|p| procmem::measure(&[*p])).collect();
+            let per: Vec<procmem::MemReport> =
+                pids.iter().map(|p| procmem::measure(&[*p])).collect();
             let mut all = procmem::measure(&pids);
             all.idle_cpu_pct_per_vm = cpu;
             let g = |f: fn(&procmem::MemReport) -> f64| per.iter().map(f).collect::<Vec<f64>>();
@@ -242,7 +295,14 @@ impl<'a> FsRun<'a> {
                     st.push(d.action(&name, "standby").await?);
                     rt.push(d.action(&name, "restore").await?);
                 }
-                log(self.fs(), format!("  {m} MiB dirty {dm}: standby {:?} restore {:?}", median(&st), median(&rt)));
+                log(
+                    self.fs(),
+                    format!(
+                        "  {m} MiB dirty {dm}: standby {:?} restore {:?}",
+                        median(&st),
+                        median(&rt)
+                    ),
+                );
                 rows.push(StandbyRow {
                     mem_mib: m,
                     dirty_mib: dm,
@@ -281,14 +341,19 @@ impl<'a> FsRun<'a> {
             mem_mib: m,
             touched_mib: touch,
             memory_file_allocated: procmem::allocated(&dir.join(MEMORY_FILE)),
-            vmstate_bytes: std::fs::metadata(dir.join("vmstate")).map(|m| m.len()).unwrap_or(0),
+            vmstate_bytes: std::fs::metadata(dir.join("vmstate"))
+                .map(|m| m.len())
+                .unwrap_or(0),
         });
         self.sources.insert(m, (name, dir));
         Ok(())
     }
 
     fn source_of(&self, m: u32) -> Result<(String, SourceFiles)> {
-        let (name, dir) = self.sources.get(&m).ok_or_else(|| anyhow!("no {m} MiB source (its step failed)"))?;
+        let (name, dir) = self
+            .sources
+            .get(&m)
+            .ok_or_else(|| anyhow!("no {m} MiB source (its step failed)"))?;
         Ok((name.clone(), SourceFiles::of_instance_dir(dir, m)))
     }
 
@@ -301,10 +366,16 @@ impl<'a> FsRun<'a> {
             for &mode in modes {
                 let s = match mode.daemon_mode() {
                     Some(dm) => match self.ensure_daemon(dm).await {
-                        Ok(()) => self.tine_single(&src, m, mode, rep).await.map(|(a, b)| (a, b, None)),
+                        Ok(()) => self
+                            .tine_single(&src, m, mode, rep)
+                            .await
+                            .map(|(a, b)| (a, b, None)),
                         Err(e) => Err(e),
                     },
-                    None => self.clone_single(&files, m, mode, rep).await.map(|(a, b, p)| (a, b, Some(p))),
+                    None => self
+                        .clone_single(&files, m, mode, rep)
+                        .await
+                        .map(|(a, b, p)| (a, b, Some(p))),
                 };
                 let e = samples.entry(mode).or_default();
                 match s {
@@ -315,7 +386,10 @@ impl<'a> FsRun<'a> {
                     }
                     Ok(_) => {}
                     Err(err) => {
-                        log(self.fs(), format!("  single {} rep {rep}: {err:#}", mode.name()));
+                        log(
+                            self.fs(),
+                            format!("  single {} rep {rep}: {err:#}", mode.name()),
+                        );
                         e.3.push(format!("rep {rep}: {err:#}"));
                         self.tidy().await;
                     }
@@ -323,7 +397,15 @@ impl<'a> FsRun<'a> {
             }
         }
         for (mode, (run, ready, ph, errs)) in samples {
-            log(self.fs(), format!("  single {m} MiB {}: running p50 {:?} ready p50 {:?}", mode.name(), median(&run), median(&ready)));
+            log(
+                self.fs(),
+                format!(
+                    "  single {m} MiB {}: running p50 {:?} ready p50 {:?}",
+                    mode.name(),
+                    median(&run),
+                    median(&ready)
+                ),
+            );
             self.res.forks.push(ForkCell {
                 mem_mib: m,
                 mode,
@@ -347,17 +429,35 @@ impl<'a> FsRun<'a> {
 
     async fn tine_fork(&self, req: ForkRequest) -> Result<ForkReport> {
         let d = self.d()?;
-        d.client.fork(&req).await.with_context(|| format!("fork {}", req.source))
+        d.client
+            .fork(&req)
+            .await
+            .with_context(|| format!("fork {}", req.source))
     }
 
     async fn tine_single(&self, src: &str, m: u32, mode: Mode, rep: u32) -> Result<(f64, f64)> {
         let name = format!("s{m}-{}-{rep}", mode.name());
-        let req = ForkRequest { source: src.into(), name: Some(name.clone()), count: Some(1), ..Default::default() };
+        let req = ForkRequest {
+            source: src.into(),
+            name: Some(name.clone()),
+            count: Some(1),
+            ..Default::default()
+        };
         let d = self.d()?;
-        let hits0 = if mode == Mode::Pool { Some(d.pool_fill(src, 1, POOL_FILL_TIMEOUT).await?.hits) } else { None };
+        let hits0 = if mode == Mode::Pool {
+            Some(d.pool_fill(src, 1, POOL_FILL_TIMEOUT).await?.hits)
+        } else {
+            None
+        };
         let rep = self.tine_fork(req).await;
         if let Some(h0) = hits0 {
-            let hits = d.client.pools().await?.into_iter().find(|p| p.spec.source == src).map(|p| p.hits);
+            let hits = d
+                .client
+                .pools()
+                .await?
+                .into_iter()
+                .find(|p| p.spec.source == src)
+                .map(|p| p.hits);
             d.pool_remove(src).await?;
             if hits <= Some(h0) {
                 let _ = d.remove(std::slice::from_ref(&name)).await;
@@ -366,17 +466,30 @@ impl<'a> FsRun<'a> {
         }
         let rep = rep?;
         d.remove(&[name]).await?;
-        let f = rep.forks.first().ok_or_else(|| anyhow!("empty fork report"))?;
+        let f = rep
+            .forks
+            .first()
+            .ok_or_else(|| anyhow!("empty fork report"))?;
         if let Some(e) = &f.error {
             bail!("fork failed: {e}");
         }
-        Ok((f.running_ms.context("no running_ms")?, f.ready_ms.context("no ready_ms")?))
+        Ok((
+            f.running_ms.context("no running_ms")?,
+            f.ready_ms.context("no ready_ms")?,
+        ))
     }
 
-    async fn clone_single(&self, files: &SourceFiles, m: u32, mode: Mode, rep: u32) -> Result<(f64, f64, Phases)> {
+    async fn clone_single(
+        &self,
+        files: &SourceFiles,
+        m: u32,
+        mode: Mode,
+        rep: u32,
+    ) -> Result<(f64, f64, Phases)> {
         let kind = clone_kind(mode);
         let dir = self.bare_root.join(format!("s{m}-{}-{rep}", mode.name()));
-        let mut c = bare::start_clone(kind, &self.ctx.clone_cfg, files, dir, Instant::now()).await?;
+        let mut c =
+            bare::start_clone(kind, &self.ctx.clone_cfg, files, dir, Instant::now()).await?;
         c.kill().await;
         Ok((c.running_ms, c.ready_ms, c.phases.clone()))
     }
@@ -444,7 +557,9 @@ impl<'a> FsRun<'a> {
             hits0 = p.hits;
             let waiting = qemu_pids_waiting(&self.data_dir);
             let mut pm = procmem::measure(&waiting);
-            pm.idle_cpu_pct_per_vm = procmem::idle_cpu_pct_per_vm(&waiting, tokio::time::sleep(Duration::from_secs(1))).await;
+            pm.idle_cpu_pct_per_vm =
+                procmem::idle_cpu_pct_per_vm(&waiting, tokio::time::sleep(Duration::from_secs(1)))
+                    .await;
             pool_mem = Some(pm);
         }
         let req = ForkRequest {
@@ -460,7 +575,13 @@ impl<'a> FsRun<'a> {
         let mut pool_hits = None;
         if mode == Mode::Pool {
             // Stop the refill before measuring the forks.
-            let h = d.client.pools().await?.into_iter().find(|p| p.spec.source == src).map(|p| p.hits);
+            let h = d
+                .client
+                .pools()
+                .await?
+                .into_iter()
+                .find(|p| p.spec.source == src)
+                .map(|p| p.hits);
             d.pool_remove(&src).await?;
             pool_hits = h.map(|h| h - hits0);
         }
@@ -471,7 +592,10 @@ impl<'a> FsRun<'a> {
         let ready: Vec<f64> = ok.iter().filter_map(|f| f.ready_ms).collect();
         let pids: Vec<i32> = ok.iter().filter_map(|f| f.instance.as_ref()?.pid).collect();
         let cpu = procmem::idle_cpu_pct_per_vm(&pids, self.settle()).await;
-        let dirs: Vec<PathBuf> = ok.iter().filter_map(|f| Some(f.instance.as_ref()?.dir.clone())).collect();
+        let dirs: Vec<PathBuf> = ok
+            .iter()
+            .filter_map(|f| Some(f.instance.as_ref()?.dir.clone()))
+            .collect();
         let mut mem = procmem::measure(&pids);
         mem.idle_cpu_pct_per_vm = cpu;
         let disk = self.disk(used0, &dirs);
@@ -501,7 +625,9 @@ impl<'a> FsRun<'a> {
         let n = dirs.len().max(1) as f64;
         Disk {
             fs_delta_per_vm: used0.zip(used1).map(|(a, b)| (b as f64 - a as f64) / n),
-            own_allocated_per_vm: dirs.iter().map(|d| procmem::own_allocated(d)).sum::<u64>() as f64 / n,
+            own_allocated_per_vm: dirs.iter().map(|d| procmem::own_allocated(d)).sum::<u64>()
+                as f64
+                / n,
         }
     }
 
@@ -524,7 +650,11 @@ impl<'a> FsRun<'a> {
         let mut clones = Vec::new();
         let mut errs = Vec::new();
         for t in tasks {
-            match t.await.map_err(|e| anyhow!("clone task: {e}")).and_then(|r| r) {
+            match t
+                .await
+                .map_err(|e| anyhow!("clone task: {e}"))
+                .and_then(|r| r)
+            {
                 Ok(c) => clones.push(c),
                 Err(e) => errs.push(format!("{e:#}")),
             }
@@ -579,7 +709,10 @@ impl<'a> FsRun<'a> {
                 };
                 let rp = self.tine_fork(req).await?;
                 d.remove(&[name]).await?;
-                let f = rp.forks.first().ok_or_else(|| anyhow!("empty fork report"))?;
+                let f = rp
+                    .forks
+                    .first()
+                    .ok_or_else(|| anyhow!("empty fork report"))?;
                 if let Some(e) = &f.error {
                     bail!("fork failed: {e}");
                 }
@@ -589,7 +722,10 @@ impl<'a> FsRun<'a> {
                     ready.push(f.ready_ms.context("no ready_ms")?);
                 }
             }
-            log(self.fs(), format!("  from-running {m} MiB: pause p50 {:?}", median(&pause)));
+            log(
+                self.fs(),
+                format!("  from-running {m} MiB: pause p50 {:?}", median(&pause)),
+            );
             Ok(FromRunning {
                 mem_mib: m,
                 source_pause_ms: summ(&pause).expect("reps"),
@@ -667,10 +803,15 @@ impl<'a> FsRun<'a> {
             })
         }
         .await;
-        d.remove(&ok.iter().map(|(i, _)| i.name.clone()).collect::<Vec<_>>()).await?;
+        d.remove(&ok.iter().map(|(i, _)| i.name.clone()).collect::<Vec<_>>())
+            .await?;
         let mut b = r?;
         if !errs.is_empty() {
-            self.res.errors.push(format!("boot-n: {} boots failed: {}", errs.len(), errs.join("; ")));
+            self.res.errors.push(format!(
+                "boot-n: {} boots failed: {}",
+                errs.len(),
+                errs.join("; ")
+            ));
         }
         b.ok = ok.len();
         self.res.boot_n = Some(b);
@@ -686,7 +827,9 @@ const POOL_FILL_TIMEOUT: Duration = Duration::from_secs(600);
 /// QEMUs under `data_dir` waiting for incoming state (warm-pool entries).
 fn qemu_pids_waiting(data_dir: &Path) -> Vec<i32> {
     let needle = data_dir.to_string_lossy().into_owned();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
@@ -708,7 +851,8 @@ fn clone_kind(mode: Mode) -> CloneKind {
 }
 
 fn phase_medians(ph: &[Phases]) -> PhaseMedians {
-    let col = |f: &dyn Fn(&Phases) -> Option<f64>| median(&ph.iter().filter_map(f).collect::<Vec<f64>>());
+    let col =
+        |f: &dyn Fn(&Phases) -> Option<f64>| median(&ph.iter().filter_map(f).collect::<Vec<f64>>());
     PhaseMedians {
         files_ms: col(&|p| Some(p.files_ms)),
         spawn_to_qmp_ms: col(&|p| p.spawn_to_qmp_ms),
@@ -729,9 +873,14 @@ fn phase_medians(ph: &[Phases]) -> PhaseMedians {
 /// SIGKILL QEMUs whose command line names a path under `dir` (ours).
 fn kill_qemus_under(dir: &Path) {
     let needle = dir.to_string_lossy().into_owned();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
     let mut killed = vec![];
-    for pid in entries.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()) {
+    for pid in entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         if !comm.starts_with("qemu") {
             continue;

@@ -86,7 +86,10 @@ mod tests {
     #[test]
     fn single_sample_is_every_percentile() {
         let s = Summary::of(&[7.0]).unwrap();
-        assert_eq!((s.n, s.min, s.p50, s.p95, s.p99, s.max, s.mean), (1, 7.0, 7.0, 7.0, 7.0, 7.0, 7.0));
+        assert_eq!(
+            (s.n, s.min, s.p50, s.p95, s.p99, s.max, s.mean),
+            (1, 7.0, 7.0, 7.0, 7.0, 7.0, 7.0)
+        );
     }
 
     #[test]

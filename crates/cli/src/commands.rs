@@ -5,9 +5,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use tine_api::{Client, Endpoint, ExecFrame, ExecRequest, ForkFrom, ForkRequest, ForkTarget, RunRequest, SnapshotKind, SnapshotRequest};
+use tine_api::{
+    Client, Endpoint, ExecFrame, ExecRequest, ForkFrom, ForkRequest, ForkTarget, RunRequest,
+    SnapshotKind, SnapshotRequest,
+};
 
-use crate::args::{Cli, Command, ExecArgs, ForkArgs, Global, PoolCmd, RunArgs, SnapshotCmd, SystemCmd, TemplateCmd};
+use crate::args::{
+    Cli, Command, ExecArgs, ForkArgs, Global, PoolCmd, RunArgs, SnapshotCmd, SystemCmd, TemplateCmd,
+};
 use crate::output;
 
 pub fn default_data_dir() -> PathBuf {
@@ -23,8 +28,15 @@ pub fn default_data_dir() -> PathBuf {
 
 fn client(g: &Global, data_dir: &std::path::Path) -> Client {
     match &g.host {
-        Some(addr) => Client::new(Endpoint::Tcp { addr: addr.clone(), token: g.token.clone().unwrap_or_default() }),
-        None => Client::new(Endpoint::Unix(g.socket.clone().unwrap_or_else(|| data_dir.join("tine.sock")))),
+        Some(addr) => Client::new(Endpoint::Tcp {
+            addr: addr.clone(),
+            token: g.token.clone().unwrap_or_default(),
+        }),
+        None => Client::new(Endpoint::Unix(
+            g.socket
+                .clone()
+                .unwrap_or_else(|| data_dir.join("tine.sock")),
+        )),
     }
 }
 
@@ -112,15 +124,27 @@ fn run_request(a: RunArgs) -> Result<RunRequest> {
         memory_mib: Some(output::parse_mib(&a.memory).map_err(anyhow::Error::msg)?),
         vcpus: Some(a.vcpus),
         image: Some(a.image),
-        accel: a.accel.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg)?,
-        network: a.network.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg)?,
+        accel: a
+            .accel
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        network: a
+            .network
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
     })
 }
 
 async fn exec(c: &Client, json: bool, a: ExecArgs) -> Result<ExitCode> {
     let mut req = ExecRequest::new(a.argv);
     for kv in a.env {
-        let Some((k, v)) = kv.split_once('=') else { bail!("--env wants KEY=VALUE, got {kv:?}") };
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("--env wants KEY=VALUE, got {kv:?}")
+        };
         req.env.insert(k.into(), v.into());
     }
     req.cwd = a.workdir;
@@ -146,7 +170,11 @@ async fn exec(c: &Client, json: bool, a: ExecArgs) -> Result<ExitCode> {
         ExecFrame::Stderr { data } => {
             let _ = std::io::stderr().write_all(&data);
         }
-        ExecFrame::Exit { exit_code, signal, timed_out } => {
+        ExecFrame::Exit {
+            exit_code,
+            signal,
+            timed_out,
+        } => {
             if timed_out {
                 eprintln!("tine: command timed out");
             }
@@ -199,7 +227,10 @@ async fn fork(c: &Client, json: bool, a: ForkArgs) -> Result<ExitCode> {
         c.fork_stream(&req, |f| {
             done += 1;
             let what = f.error.as_deref().unwrap_or("ok");
-            let ms = f.ready_ms.map(|v| format!(" ready {v:.0} ms")).unwrap_or_default();
+            let ms = f
+                .ready_ms
+                .map(|v| format!(" ready {v:.0} ms"))
+                .unwrap_or_default();
             eprintln!("  [{done}/{total}] {}{ms}: {what}", f.name);
         })
         .await?
@@ -209,33 +240,70 @@ async fn fork(c: &Client, json: bool, a: ForkArgs) -> Result<ExitCode> {
     } else {
         print!("{}", output::fork_table(&report));
     }
-    Ok(if report.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn snapshot(c: &Client, json: bool, cmd: SnapshotCmd) -> Result<()> {
-    let show = |s: &tine_api::SnapshotInfo| if json { output::json(s) } else { print!("{}", output::snapshot_detail(s)) };
+    let show = |s: &tine_api::SnapshotInfo| {
+        if json {
+            output::json(s)
+        } else {
+            print!("{}", output::snapshot_detail(s))
+        }
+    };
     match cmd {
-        SnapshotCmd::Create { instance, name, kind, compress } => {
+        SnapshotCmd::Create {
+            instance,
+            name,
+            kind,
+            compress,
+        } => {
             let kind = match kind.as_str() {
                 "standby" => SnapshotKind::Standby,
                 "stopped" => SnapshotKind::Stopped,
                 other => bail!("unknown snapshot kind {other:?} (standby or stopped)"),
             };
             let compress = compress.as_deref().map(parse_compress).transpose()?;
-            show(&c.snapshot_create(&SnapshotRequest { instance, name, kind, compress }).await?);
+            show(
+                &c.snapshot_create(&SnapshotRequest {
+                    instance,
+                    name,
+                    kind,
+                    compress,
+                })
+                .await?,
+            );
         }
         SnapshotCmd::Ls => {
             let list = c.snapshot_list("snapshots").await?;
-            if json { output::json(&list) } else { print!("{}", output::snapshot_table(&list)) }
+            if json {
+                output::json(&list)
+            } else {
+                print!("{}", output::snapshot_table(&list))
+            }
         }
-        SnapshotCmd::Inspect { name, wait } => show(&c.snapshot_get("snapshots", &name, wait).await?),
+        SnapshotCmd::Inspect { name, wait } => {
+            show(&c.snapshot_get("snapshots", &name, wait).await?)
+        }
         SnapshotCmd::Rm { name } => {
             let s = c.snapshot_remove("snapshots", &name).await?;
-            if json { output::json(&s) } else { println!("{}", s.record.name) }
+            if json {
+                output::json(&s)
+            } else {
+                println!("{}", s.record.name)
+            }
         }
         SnapshotCmd::Restore { name, into } => {
             let i = c.snapshot_restore(&name, &into).await?;
-            if json { output::json(&i) } else { print!("{}", output::detail(&i)) }
+            if json {
+                output::json(&i)
+            } else {
+                print!("{}", output::detail(&i))
+            }
         }
     }
     Ok(())
@@ -245,23 +313,39 @@ async fn snapshot(c: &Client, json: bool, cmd: SnapshotCmd) -> Result<()> {
 fn parse_compress(s: &str) -> Result<i32> {
     match s.split_once(':') {
         None if s == "zstd" => Ok(3),
-        Some(("zstd", level)) => level.parse().map_err(|_| anyhow::anyhow!("invalid zstd level {level:?}")),
+        Some(("zstd", level)) => level
+            .parse()
+            .map_err(|_| anyhow::anyhow!("invalid zstd level {level:?}")),
         _ => bail!("unknown compression {s:?} (zstd or zstd:LEVEL)"),
     }
 }
 
 async fn template(c: &Client, json: bool, cmd: TemplateCmd) -> Result<()> {
-    let show = |s: &tine_api::SnapshotInfo| if json { output::json(s) } else { print!("{}", output::snapshot_detail(s)) };
+    let show = |s: &tine_api::SnapshotInfo| {
+        if json {
+            output::json(s)
+        } else {
+            print!("{}", output::snapshot_detail(s))
+        }
+    };
     match cmd {
         TemplateCmd::Promote { instance } => show(&c.template_promote(&instance).await?),
         TemplateCmd::Ls => {
             let list = c.snapshot_list("templates").await?;
-            if json { output::json(&list) } else { print!("{}", output::snapshot_table(&list)) }
+            if json {
+                output::json(&list)
+            } else {
+                print!("{}", output::snapshot_table(&list))
+            }
         }
         TemplateCmd::Inspect { name } => show(&c.snapshot_get("templates", &name, false).await?),
         TemplateCmd::Rm { name } => {
             let s = c.snapshot_remove("templates", &name).await?;
-            if json { output::json(&s) } else { println!("{}", s.record.name) }
+            if json {
+                output::json(&s)
+            } else {
+                println!("{}", s.record.name)
+            }
         }
     }
     Ok(())
@@ -277,18 +361,45 @@ fn from_flags(snapshot: bool, template: bool) -> ForkFrom {
 
 async fn pool(c: &Client, json: bool, cmd: PoolCmd) -> Result<()> {
     match cmd {
-        PoolCmd::Set { source, size, snapshot, template } => {
-            let spec = tine_api::PoolSpec { from: from_flags(snapshot, template), source, size };
+        PoolCmd::Set {
+            source,
+            size,
+            snapshot,
+            template,
+        } => {
+            let spec = tine_api::PoolSpec {
+                from: from_flags(snapshot, template),
+                source,
+                size,
+            };
             let p = c.pool_set(&spec).await?;
-            if json { output::json(&p) } else { print!("{}", output::pool_table(&[p])) }
+            if json {
+                output::json(&p)
+            } else {
+                print!("{}", output::pool_table(&[p]))
+            }
         }
         PoolCmd::Ls => {
             let list = c.pools().await?;
-            if json { output::json(&list) } else { print!("{}", output::pool_table(&list)) }
+            if json {
+                output::json(&list)
+            } else {
+                print!("{}", output::pool_table(&list))
+            }
         }
-        PoolCmd::Rm { source, snapshot, template } => {
-            let p = c.pool_remove(from_flags(snapshot, template), &source).await?;
-            if json { output::json(&p) } else { println!("{}", p.spec.source) }
+        PoolCmd::Rm {
+            source,
+            snapshot,
+            template,
+        } => {
+            let p = c
+                .pool_remove(from_flags(snapshot, template), &source)
+                .await?;
+            if json {
+                output::json(&p)
+            } else {
+                println!("{}", p.spec.source)
+            }
         }
     }
     Ok(())

@@ -56,13 +56,21 @@ pub fn detail(i: &InstanceInfo) -> String {
     let _ = writeln!(out, "memory:     {} MiB", i.memory_mib);
     let _ = writeln!(out, "vcpus:      {}", i.vcpus);
     let _ = writeln!(out, "accel:      {}", i.accel.as_str());
-    let _ = writeln!(out, "pid:        {}", i.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()));
+    let _ = writeln!(
+        out,
+        "pid:        {}",
+        i.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
+    );
     if let Some(ms) = i.boot_ms {
         let _ = writeln!(out, "boot:       {ms:.0} ms");
     }
     match &i.network {
         Some(n) => {
-            let _ = writeln!(out, "ip:         {}/{} (gateway {})", n.ip, n.prefix, n.gateway);
+            let _ = writeln!(
+                out,
+                "ip:         {}/{} (gateway {})",
+                n.ip, n.prefix, n.gateway
+            );
             let _ = writeln!(out, "mac:        {}", n.mac);
             let _ = writeln!(out, "tap:        {}", n.tap);
         }
@@ -79,7 +87,11 @@ pub fn detail(i: &InstanceInfo) -> String {
 
 pub fn cleanup(r: &tine_api::CleanupReport) -> String {
     let mut out = String::new();
-    let taps = if r.taps_removed.is_empty() { "none".to_string() } else { r.taps_removed.join(" ") };
+    let taps = if r.taps_removed.is_empty() {
+        "none".to_string()
+    } else {
+        r.taps_removed.join(" ")
+    };
     let _ = writeln!(out, "stale TAPs removed: {taps}");
     let yes = |b: bool| if b { "removed" } else { "absent" };
     match &r.kept {
@@ -87,9 +99,17 @@ pub fn cleanup(r: &tine_api::CleanupReport) -> String {
             let _ = writeln!(out, "bridge and NAT rules kept: {why}");
         }
         None => {
-            let _ = writeln!(out, "bridge: {}, NAT rules: {}", yes(r.bridge_removed), yes(r.nat_removed));
+            let _ = writeln!(
+                out,
+                "bridge: {}, NAT rules: {}",
+                yes(r.bridge_removed),
+                yes(r.nat_removed)
+            );
             if r.forwarding_restored {
-                let _ = writeln!(out, "IPv4 forwarding turned off again (tine had turned it on)");
+                let _ = writeln!(
+                    out,
+                    "IPv4 forwarding turned off again (tine had turned it on)"
+                );
             }
         }
     }
@@ -98,13 +118,28 @@ pub fn cleanup(r: &tine_api::CleanupReport) -> String {
 
 pub fn fork_table(r: &tine_api::ForkReport) -> String {
     let ms = |v: Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into());
-    let mut out = format!("{:<24} {:<14} {:>11} {:>9}  {}\n", "NAME", "ID", "RUNNING_MS", "READY_MS", "RESULT");
+    let mut out = format!(
+        "{:<24} {:<14} {:>11} {:>9}  {}\n",
+        "NAME", "ID", "RUNNING_MS", "READY_MS", "RESULT"
+    );
     for f in &r.forks {
         let id = f.instance.as_ref().map(|i| i.id.as_str()).unwrap_or("-");
         let result = f.error.as_deref().unwrap_or("ok");
-        let _ = writeln!(out, "{:<24} {:<14} {:>11} {:>9}  {}", f.name, id, ms(f.running_ms), ms(f.ready_ms), result);
+        let _ = writeln!(
+            out,
+            "{:<24} {:<14} {:>11} {:>9}  {}",
+            f.name,
+            id,
+            ms(f.running_ms),
+            ms(f.ready_ms),
+            result
+        );
     }
-    let _ = writeln!(out, "{} ok, {} failed in {:.1} ms", r.ok, r.failed, r.wall_ms);
+    let _ = writeln!(
+        out,
+        "{} ok, {} failed in {:.1} ms",
+        r.ok, r.failed, r.wall_ms
+    );
     if let Some(p) = r.source_pause_ms {
         let _ = writeln!(out, "source paused {p:.1} ms");
     }
@@ -112,7 +147,10 @@ pub fn fork_table(r: &tine_api::ForkReport) -> String {
 }
 
 pub fn pool_table(list: &[tine_api::PoolInfo]) -> String {
-    let mut out = format!("{:<10} {:<20} {:>5} {:>6} {:>6} {:>7} {:>9}\n", "KIND", "SOURCE", "SIZE", "READY", "HITS", "MISSES", "RSS_MIB");
+    let mut out = format!(
+        "{:<10} {:<20} {:>5} {:>6} {:>6} {:>7} {:>9}\n",
+        "KIND", "SOURCE", "SIZE", "READY", "HITS", "MISSES", "RSS_MIB"
+    );
     for p in list {
         let _ = writeln!(
             out,
@@ -157,16 +195,29 @@ pub fn snapshot_detail(s: &tine_api::SnapshotInfo) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "id:          {}", r.id);
     let _ = writeln!(out, "name:        {}", r.name);
-    let _ = writeln!(out, "kind:        {}{}", format!("{:?}", r.kind).to_lowercase(), if r.template { " (template)" } else { "" });
+    let _ = writeln!(
+        out,
+        "kind:        {}{}",
+        format!("{:?}", r.kind).to_lowercase(),
+        if r.template { " (template)" } else { "" }
+    );
     let _ = writeln!(out, "source:      {}", r.source);
-    let _ = writeln!(out, "memory:      {} MiB, {} vcpus, image {}", r.memory_mib, r.vcpus, r.image);
+    let _ = writeln!(
+        out,
+        "memory:      {} MiB, {} vcpus, image {}",
+        r.memory_mib, r.vcpus, r.image
+    );
     let c = &r.compression;
     let _ = writeln!(
         out,
         "compression: {}{}",
         format!("{:?}", c.state).to_lowercase(),
         match (c.raw_bytes, c.compressed_bytes) {
-            (Some(a), Some(b)) => format!(" ({:.1} MiB -> {:.1} MiB)", a as f64 / 1048576.0, b as f64 / 1048576.0),
+            (Some(a), Some(b)) => format!(
+                " ({:.1} MiB -> {:.1} MiB)",
+                a as f64 / 1048576.0,
+                b as f64 / 1048576.0
+            ),
             _ => String::new(),
         }
     );
@@ -176,7 +227,11 @@ pub fn snapshot_detail(s: &tine_api::SnapshotInfo) -> String {
     if r.template {
         let _ = writeln!(out, "forks:       {}", s.forks);
     }
-    let _ = writeln!(out, "disk:        {:.1} MiB allocated", s.disk_bytes as f64 / 1048576.0);
+    let _ = writeln!(
+        out,
+        "disk:        {:.1} MiB allocated",
+        s.disk_bytes as f64 / 1048576.0
+    );
     let _ = writeln!(out, "directory:   {}", s.dir.display());
     out
 }
@@ -189,7 +244,9 @@ pub fn parse_mib(s: &str) -> Result<u32, String> {
         Some((i, 'G' | 'g')) => (&t[..i], 1024),
         _ => (t, 1),
     };
-    let n: u64 = num.parse().map_err(|_| format!("invalid memory size {s:?} (use e.g. 256M or 1G)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid memory size {s:?} (use e.g. 256M or 1G)"))?;
     u32::try_from(n * mult).map_err(|_| format!("memory size {s:?} is too large"))
 }
 

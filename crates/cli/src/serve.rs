@@ -16,17 +16,26 @@ use crate::args::{Global, ServeArgs};
 pub async fn serve(g: &Global, a: ServeArgs, data_dir: &Path) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TINE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 
     let mut cfg = Config::new(data_dir.to_path_buf());
     cfg.limits = limits(&a)?;
     if let Some(d) = a.images_dir {
         cfg.images_dir = d;
     }
-    cfg.accel = a.accel.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg)?;
+    cfg.accel = a
+        .accel
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     cfg.boot_timeout = Duration::from_secs(a.boot_timeout);
     cfg.fork_memory = a.fork_memory.parse().map_err(anyhow::Error::msg)?;
-    let network: tine_manager::network::NetworkMode = a.network.parse().map_err(anyhow::Error::msg)?;
+    let network: tine_manager::network::NetworkMode =
+        a.network.parse().map_err(anyhow::Error::msg)?;
     cfg.network = tine_manager::network::NetworkOptions {
         enabled: network == tine_manager::network::NetworkMode::Default,
         subnet: a.subnet,
@@ -34,7 +43,9 @@ pub async fn serve(g: &Global, a: ServeArgs, data_dir: &Path) -> Result<()> {
         dns: a.dns,
     };
     let hv = Arc::new(Qemu::new(a.qemu));
-    let mgr = Manager::open(cfg, hv).await.context("cannot open the data directory")?;
+    let mgr = Manager::open(cfg, hv)
+        .await
+        .context("cannot open the data directory")?;
     let l = &mgr.config().limits;
     tracing::info!(
         max_vcpus = l.max_vcpus,
@@ -47,8 +58,15 @@ pub async fn serve(g: &Global, a: ServeArgs, data_dir: &Path) -> Result<()> {
         warn!("{w}");
         eprintln!("warning: {w}");
     }
-    let socket = g.socket.clone().unwrap_or_else(|| data_dir.join("tine.sock"));
-    let listeners = Listeners { unix: socket, tcp: a.listen_tcp, token: g.token.clone() };
+    let socket = g
+        .socket
+        .clone()
+        .unwrap_or_else(|| data_dir.join("tine.sock"));
+    let listeners = Listeners {
+        unix: socket,
+        tcp: a.listen_tcp,
+        token: g.token.clone(),
+    };
     tine_api::serve(mgr, listeners, shutdown_signal()).await?;
     Ok(())
 }
@@ -60,11 +78,18 @@ fn limits(a: &ServeArgs) -> Result<tine_manager::admission::Limits> {
         l.max_vcpus = v;
     }
     if let Some(m) = a.max_memory {
-        anyhow::ensure!(m >= tine_manager::MIN_MEMORY_MIB, "--max-memory must be at least {} MiB", tine_manager::MIN_MEMORY_MIB);
+        anyhow::ensure!(
+            m >= tine_manager::MIN_MEMORY_MIB,
+            "--max-memory must be at least {} MiB",
+            tine_manager::MIN_MEMORY_MIB
+        );
         l.max_memory_mib = m;
     }
     let r = a.memory_overcommit;
-    anyhow::ensure!(r.is_finite() && r > 0.0, "--memory-overcommit must be a ratio above 0, e.g. 1.5");
+    anyhow::ensure!(
+        r.is_finite() && r > 0.0,
+        "--memory-overcommit must be a ratio above 0, e.g. 1.5"
+    );
     l.memory_overcommit = r;
     l.disk_reserve = u64::from(a.disk_reserve) << 20;
     Ok(l)

@@ -19,20 +19,31 @@ fn malformed_out_of_range_and_unknown_requests_are_refused_without_side_effects(
         (&["run", "--vcpus", "0"], "out of range"),
         (&["run", "--image", "nope"], "image \"nope\" not found"),
         (&["run", "--accel", "hvf"], "unknown accelerator"),
-        (&["exec", "missing", "--", "true"], "no instance named \"missing\""),
+        (
+            &["exec", "missing", "--", "true"],
+            "no instance named \"missing\"",
+        ),
         (&["stop", "missing"], "no instance named"),
         (&["rm", "missing"], "no instance named"),
         (&["rm", "ok"], "stop it first, or use rm -f"),
         (&["start", "ok"], "cannot start an instance that is running"),
-        (&["restore", "ok"], "cannot restore an instance that is running"),
+        (
+            &["restore", "ok"],
+            "cannot restore an instance that is running",
+        ),
     ];
     for (args, want) in cases {
         let err = d.fails(args);
-        assert!(err.contains(want), "tine {args:?}: expected {want:?} in {err:?}");
+        assert!(
+            err.contains(want),
+            "tine {args:?}: expected {want:?} in {err:?}"
+        );
     }
 
     assert_eq!(d.json(&["ps"]), before);
-    let dirs = std::fs::read_dir(d.data_dir.join("instances")).unwrap().count();
+    let dirs = std::fs::read_dir(d.data_dir.join("instances"))
+        .unwrap()
+        .count();
     assert_eq!(dirs, 1, "no half-made instance directory is left behind");
 }
 
@@ -60,7 +71,10 @@ fn cli_without_a_daemon_says_how_to_start_one() {
 
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot reach the tine daemon") && err.contains("tine serve"), "{err}");
+    assert!(
+        err.contains("cannot reach the tine daemon") && err.contains("tine serve"),
+        "{err}"
+    );
 }
 
 fn tine() -> std::process::Command {
@@ -68,7 +82,11 @@ fn tine() -> std::process::Command {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -85,15 +103,31 @@ fn tcp_listener_requires_a_token_and_refuses_a_wrong_one_without_leaking() {
     assert!(String::from_utf8_lossy(&no_token.stderr).contains("requires a token"));
 
     let mut daemon = tine()
-        .args(["serve", "--listen-tcp", &addr, "--token", "s3cret", "--data-dir"])
+        .args([
+            "serve",
+            "--listen-tcp",
+            &addr,
+            "--token",
+            "s3cret",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let remote = |token: &str, args: &[&str]| tine().args(["--host", &addr, "--token", token]).args(args).output().unwrap();
+    let remote = |token: &str, args: &[&str]| {
+        tine()
+            .args(["--host", &addr, "--token", token])
+            .args(args)
+            .output()
+            .unwrap()
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !remote("s3cret", &["ps"]).status.success() {
-        assert!(std::time::Instant::now() < deadline, "daemon did not come up on TCP");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "daemon did not come up on TCP"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 
@@ -105,23 +139,41 @@ fn tcp_listener_requires_a_token_and_refuses_a_wrong_one_without_leaking() {
 
     let e1 = String::from_utf8_lossy(&wrong_existing.stderr).to_string();
     let e2 = String::from_utf8_lossy(&wrong_list.stderr).to_string();
-    assert!(e1.contains("bearer token") && e2.contains("bearer token"), "{e1} / {e2}");
+    assert!(
+        e1.contains("bearer token") && e2.contains("bearer token"),
+        "{e1} / {e2}"
+    );
     assert_eq!(e1, e2, "a 401 says nothing about what exists");
     assert!(String::from_utf8_lossy(&right_missing.stderr).contains("no instance named"));
 }
 
 #[test]
 fn missing_qemu_binary_is_named_with_how_to_get_it() {
-    let dir = tempfile::Builder::new().prefix("tine-q").tempdir_in("/tmp").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("tine-q")
+        .tempdir_in("/tmp")
+        .unwrap();
     let mut daemon = tine()
-        .args(["serve", "--qemu", "/nonexistent/qemu-system-x86_64", "--images-dir"])
+        .args([
+            "serve",
+            "--qemu",
+            "/nonexistent/qemu-system-x86_64",
+            "--images-dir",
+        ])
         .arg(common::images_dir())
         .arg("--data-dir")
         .arg(dir.path())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let cli = |args: &[&str]| tine().arg("--data-dir").arg(dir.path()).args(args).output().unwrap();
+    let cli = |args: &[&str]| {
+        tine()
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !cli(&["ps"]).status.success() {
         assert!(std::time::Instant::now() < deadline);
@@ -134,6 +186,10 @@ fn missing_qemu_binary_is_named_with_how_to_get_it() {
     let _ = daemon.wait();
 
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("qemu-system-x86_64 not found") && err.contains("apt-get install qemu-system-x86"), "{err}");
+    assert!(
+        err.contains("qemu-system-x86_64 not found")
+            && err.contains("apt-get install qemu-system-x86"),
+        "{err}"
+    );
     assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "[]");
 }

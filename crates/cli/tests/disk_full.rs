@@ -34,14 +34,21 @@ fn fill(dir: &std::path::Path) -> std::path::PathBuf {
 fn full_disk_fails_standby_snapshot_and_fork_cleanly_and_the_vm_runs_on() {
     assert_failpoints();
     let fs = TestFs::with_size(FsKind::Xfs, 768 << 20);
-    let d = Daemon::start_with(Some(fs.path()), &[], &[("TINE_FAILPOINTS", "disk-check=skip")]);
+    let d = Daemon::start_with(
+        Some(fs.path()),
+        &[],
+        &[("TINE_FAILPOINTS", "disk-check=skip")],
+    );
     d.ok(&["run", "--name", "v"]);
     d.sh("v", "echo safe > /run/m");
     let filler = fill(fs.path());
 
     let err = d.fails(&["standby", "v"]);
     eprintln!("standby on a full disk: {err}");
-    assert!(err.to_lowercase().contains("space") || err.contains("failed"), "{err}");
+    assert!(
+        err.to_lowercase().contains("space") || err.contains("failed"),
+        "{err}"
+    );
     assert_eq!(d.state("v"), "running");
     assert_eq!(d.sh("v", "cat /run/m"), "safe\n");
 
@@ -49,7 +56,12 @@ fn full_disk_fails_standby_snapshot_and_fork_cleanly_and_the_vm_runs_on() {
     eprintln!("snapshot on a full disk: {err}");
     assert!(!err.is_empty());
     assert_eq!(d.json(&["snapshot", "ls"]).as_array().unwrap().len(), 0);
-    assert_eq!(std::fs::read_dir(fs.path().join("snapshots")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(fs.path().join("snapshots"))
+            .unwrap()
+            .count(),
+        0
+    );
 
     let out = d.tine(&["fork", "v", "--from-running", "--name", "f"]);
     assert!(!out.status.success());

@@ -29,9 +29,15 @@ fn forks_of_a_standby_source_continue_its_process_and_share_its_memory_inode() {
     assert_eq!(report["ok"], 3);
     for f in ["f-1", "f-2", "f-3"] {
         assert_eq!(d.state(f), "running");
-        assert_eq!(inode(&dir_of(&d, f).join("memory")).0, src_ino, "{f} links the source inode");
+        assert_eq!(
+            inode(&dir_of(&d, f).join("memory")).0,
+            src_ino,
+            "{f} links the source inode"
+        );
         assert_eq!(d.sh(f, "cat /run/counter.pid").trim(), pid);
-        assert!(d.sh(f, &format!("kill -0 {pid} && echo alive")).contains("alive"));
+        assert!(d
+            .sh(f, &format!("kill -0 {pid} && echo alive"))
+            .contains("alive"));
         assert!(counter(&d, f) > 0);
         assert_eq!(d.sh(f, "cat /root/f"), "disk-data\n");
     }
@@ -43,7 +49,11 @@ fn forks_of_a_standby_source_continue_its_process_and_share_its_memory_inode() {
     for f in ["f-1", "f-2", "f-3"] {
         assert_eq!(d.sh(f, "cat /run/mine /root/mine"), format!("{f}\n{f}\n"));
     }
-    assert_eq!(sha256(&src_mem), src_sha, "source memory file bytes unchanged");
+    assert_eq!(
+        sha256(&src_mem),
+        src_sha,
+        "source memory file bytes unchanged"
+    );
     assert_eq!(inode(&src_mem).0, src_ino);
 
     // The source restores with a private inode; forks keep theirs.
@@ -63,7 +73,12 @@ fn forks_are_unique_in_hostname_machine_id_and_entropy() {
 
     fork_json(&d, &["u", "--name", "uf", "--count", "2"]);
 
-    let read = |f: &str| d.sh(f, "hostname; cat /etc/machine-id; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'");
+    let read = |f: &str| {
+        d.sh(
+            f,
+            "hostname; cat /etc/machine-id; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'",
+        )
+    };
     let (a, b) = (read("uf-1"), read("uf-2"));
     let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
     assert_eq!(a[0], "uf-1");
@@ -103,7 +118,10 @@ fn fork_from_running_needs_the_flag_and_leaves_the_source_running() {
 
     d.sh("live", "echo source-later > /run/q");
     d.sh("lf", "echo fork-later > /run/q");
-    assert_eq!(d.sh("live", "cat /run/p /run/q"), "shared-past\nsource-later\n");
+    assert_eq!(
+        d.sh("live", "cat /run/p /run/q"),
+        "shared-past\nsource-later\n"
+    );
     assert_eq!(d.sh("lf", "cat /run/p /run/q"), "shared-past\nfork-later\n");
 }
 
@@ -134,14 +152,24 @@ fn a_forks_standby_gives_it_its_own_memory_file_and_leaves_the_source_intact() {
     let (src_ino, _) = inode(&src_mem);
     let src_sha = sha256(&src_mem);
     fork_json(&d, &["base", "--name", "kid"]);
-    d.sh("kid", "echo kid > /run/who; dd if=/dev/urandom of=/run/noise bs=1M count=16 2>/dev/null");
+    d.sh(
+        "kid",
+        "echo kid > /run/who; dd if=/dev/urandom of=/run/noise bs=1M count=16 2>/dev/null",
+    );
     let noise = d.sh("kid", "md5sum /run/noise");
 
     d.ok(&["standby", "kid"]);
 
     let kid_mem = dir_of(&d, "kid").join("memory");
-    assert!(!kid_mem.exists(), "the parked fork holds no link to the source's inode");
-    assert_eq!(inode(&src_mem), (src_ino, 1), "the source's file is its own again");
+    assert!(
+        !kid_mem.exists(),
+        "the parked fork holds no link to the source's inode"
+    );
+    assert_eq!(
+        inode(&src_mem),
+        (src_ino, 1),
+        "the source's file is its own again"
+    );
     assert_eq!(sha256(&src_mem), src_sha, "source bytes unchanged");
     d.ok(&["restore", "kid"]);
     let (kid_ino, kid_links) = inode(&kid_mem);

@@ -11,7 +11,10 @@ fn run_exec_stop_start_exec_rm_keeps_the_disk_and_relays_status() {
     let d = Daemon::start();
 
     let out = d.ok(&["run", "--name", "life"]);
-    assert!(out.trim().ends_with(" life"), "run prints id and name: {out}");
+    assert!(
+        out.trim().ends_with(" life"),
+        "run prints id and name: {out}"
+    );
     assert_eq!(d.state("life"), "running");
 
     let hello = d.tine(&["exec", "life", "--", "echo", "hello"]);
@@ -40,7 +43,15 @@ fn exec_json_reports_output_and_exit_code() {
     let d = Daemon::start();
     d.ok(&["run", "--name", "j"]);
 
-    let res = d.tine(&["--json", "exec", "j", "--", "sh", "-c", "printf out; exit 3"]);
+    let res = d.tine(&[
+        "--json",
+        "exec",
+        "j",
+        "--",
+        "sh",
+        "-c",
+        "printf out; exit 3",
+    ]);
     assert_eq!(res.status.code(), Some(3));
     let v: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
     assert_eq!(v["exit_code"], 3);
@@ -70,7 +81,10 @@ fn kill_9_of_qemu_is_detected_and_the_instance_can_start_again() {
 
     d.wait_state("victim", "error", Duration::from_secs(10));
     assert!(!pid_alive(pid));
-    assert!(d.inspect("victim")["error"].as_str().unwrap().contains("exited unexpectedly"));
+    assert!(d.inspect("victim")["error"]
+        .as_str()
+        .unwrap()
+        .contains("exited unexpectedly"));
     d.ok(&["start", "victim"]);
     assert_eq!(d.sh("victim", "echo back"), "back\n");
 }
@@ -91,7 +105,10 @@ fn a_vm_that_died_while_the_daemon_was_down_is_marked_error() {
     d.restart();
 
     assert_eq!(d.state("gone"), "error");
-    assert!(d.inspect("gone")["error"].as_str().unwrap().contains("daemon was down"));
+    assert!(d.inspect("gone")["error"]
+        .as_str()
+        .unwrap()
+        .contains("daemon was down"));
 }
 
 #[test]

@@ -18,22 +18,33 @@ const GATEWAY: &str = "10.209.0.1";
 fn lease(d: &Daemon, name: &str) -> (String, String) {
     let n = &d.inspect(name)["network"];
     assert!(n.is_object(), "{name} has no network: {}", d.inspect(name));
-    (n["ip"].as_str().unwrap().to_string(), n["mac"].as_str().unwrap().to_string())
+    (
+        n["ip"].as_str().unwrap().to_string(),
+        n["mac"].as_str().unwrap().to_string(),
+    )
 }
 
 /// (mac, address/prefix) of eth0 as the guest sees it.
 fn guest_eth0(d: &Daemon, name: &str) -> (String, String) {
-    let out = d.sh(name, "cat /sys/class/net/eth0/address; ip -4 -o addr show dev eth0");
+    let out = d.sh(
+        name,
+        "cat /sys/class/net/eth0/address; ip -4 -o addr show dev eth0",
+    );
     let mut lines = out.lines();
     let mac = lines.next().unwrap().trim().to_string();
-    let addrs: Vec<&str> = lines.flat_map(|l| l.split_whitespace().skip_while(|w| *w != "inet").nth(1)).collect();
+    let addrs: Vec<&str> = lines
+        .flat_map(|l| l.split_whitespace().skip_while(|w| *w != "inet").nth(1))
+        .collect();
     assert_eq!(addrs.len(), 1, "{name}: one IPv4 address expected: {out}");
     (mac, addrs[0].to_string())
 }
 
 /// An HTTP server in the guest on :8080 serving /www; /who names the VM.
 fn serve_http(d: &Daemon, name: &str) {
-    d.sh(name, &format!("mkdir -p /www && echo {name} > /www/who && httpd -p 8080 -h /www"));
+    d.sh(
+        name,
+        &format!("mkdir -p /www && echo {name} > /www/who && httpd -p 8080 -h /www"),
+    );
 }
 
 fn fork(d: &Daemon, args: &[&str]) {
@@ -69,7 +80,10 @@ fn guests_reach_the_host_each_other_and_the_outside_and_the_host_reaches_them() 
     let ps = d.ok(&["ps"]);
     assert!(ps.contains(&ip_a) && ps.contains(&mac_b), "{ps}");
     let inspect = d.ok(&["inspect", "a"]);
-    assert!(inspect.contains(&format!("ip:         {ip_a}/16 (gateway {GATEWAY})")), "{inspect}");
+    assert!(
+        inspect.contains(&format!("ip:         {ip_a}/16 (gateway {GATEWAY})")),
+        "{inspect}"
+    );
     drop(upstream);
 }
 
@@ -81,7 +95,10 @@ fn five_forks_of_a_standby_source_get_their_own_addresses_and_the_source_keeps_i
     let (src_ip, src_mac) = lease(&d, "src");
     d.ok(&["standby", "src"]);
 
-    fork(&d, &["src", "--name", "f", "--count", "5", "--parallel", "5"]);
+    fork(
+        &d,
+        &["src", "--name", "f", "--count", "5", "--parallel", "5"],
+    );
 
     let mut ips = HashSet::from([src_ip.clone()]);
     let mut macs = HashSet::from([src_mac.clone()]);
@@ -90,7 +107,11 @@ fn five_forks_of_a_standby_source_get_their_own_addresses_and_the_source_keeps_i
         let (ip, mac) = lease(&d, &f);
         assert!(ips.insert(ip.clone()), "{f} reuses {ip}");
         assert!(macs.insert(mac.clone()), "{f} reuses {mac}");
-        assert_eq!(guest_eth0(&d, &f), (mac, format!("{ip}/16")), "{f} runs with its own identity");
+        assert_eq!(
+            guest_eth0(&d, &f),
+            (mac, format!("{ip}/16")),
+            "{f} runs with its own identity"
+        );
         d.sh(&f, &format!("ping -c 1 -W 5 {GATEWAY}"));
         // The server the source started still listens in every fork.
         d.sh(&f, &format!("echo {f} > /www/who"));
@@ -115,7 +136,10 @@ fn forks_of_snapshots_and_templates_and_parked_forks_get_their_own_addresses() {
     fork(&d, &["snap", "--snapshot", "--name", "fs"]);
     fork(&d, &["base", "--template", "--name", "ft"]);
     // Parked right away: it gets its identity when it first runs.
-    fork(&d, &["snap", "--snapshot", "--name", "fp", "--target", "standby"]);
+    fork(
+        &d,
+        &["snap", "--snapshot", "--name", "fp", "--target", "standby"],
+    );
     d.ok(&["restore", "fp"]);
 
     let (fs_ip, fs_mac) = lease(&d, "fs");
@@ -123,7 +147,11 @@ fn forks_of_snapshots_and_templates_and_parked_forks_get_their_own_addresses() {
     let (fp_ip, fp_mac) = lease(&d, "fp");
     assert_eq!(HashSet::from([&base_ip, &fs_ip, &ft_ip, &fp_ip]).len(), 4);
     assert_eq!(HashSet::from([&fs_mac, &ft_mac, &fp_mac]).len(), 3);
-    for (f, ip, mac) in [("fs", &fs_ip, fs_mac), ("ft", &ft_ip, ft_mac), ("fp", &fp_ip, fp_mac)] {
+    for (f, ip, mac) in [
+        ("fs", &fs_ip, fs_mac),
+        ("ft", &ft_ip, ft_mac),
+        ("fp", &fp_ip, fp_mac),
+    ] {
         assert_eq!(guest_eth0(&d, f), (mac, format!("{ip}/16")));
         d.sh(f, &format!("echo {f} > /www/who"));
         assert_eq!(d.netns().http_get(ip, 8080, "/who"), format!("{f}\n"));
@@ -155,7 +183,10 @@ fn allocations_survive_a_restart_an_exhausted_pool_is_an_error_and_removal_frees
     let mut d = Daemon::start_in_netns(&["--subnet", "10.209.7.0/30"]);
     d.ok(&["run", "--name", "one"]);
     let (ip, _) = lease(&d, "one");
-    let tap = d.inspect("one")["network"]["tap"].as_str().unwrap().to_string();
+    let tap = d.inspect("one")["network"]["tap"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     d.restart();
     let err = d.fails(&["run", "--name", "two"]);
@@ -165,11 +196,22 @@ fn allocations_survive_a_restart_an_exhausted_pool_is_an_error_and_removal_frees
     d.ok(&["run", "--name", "two"]);
 
     assert_eq!(ip, "10.209.7.2");
-    assert!(err.contains("address pool 10.209.7.0/30 is exhausted"), "{err}");
+    assert!(
+        err.contains("address pool 10.209.7.0/30 is exhausted"),
+        "{err}"
+    );
     assert_eq!(still_running, "up\n");
     assert!(!tap_left, "the TAP of a removed instance is gone");
-    assert_eq!(lease(&d, "two").0, ip, "the freed address is handed out again");
-    assert_eq!(common::names(&d), vec!["two"], "the refused run left nothing behind");
+    assert_eq!(
+        lease(&d, "two").0,
+        ip,
+        "the freed address is handed out again"
+    );
+    assert_eq!(
+        common::names(&d),
+        vec!["two"],
+        "the refused run left nothing behind"
+    );
 }
 
 #[test]
@@ -178,19 +220,33 @@ fn cleanup_removes_stale_taps_then_bridge_rules_and_forwarding_and_is_idempotent
     let ns = d.netns();
     d.ok(&["run", "--name", "a"]);
     let mine = format!("tine:{}", d.data_dir.display());
-    ns.sh(&format!("ip tuntap add dev tnstale0 mode tap && ip link set dev tnstale0 alias {mine}"));
+    ns.sh(&format!(
+        "ip tuntap add dev tnstale0 mode tap && ip link set dev tnstale0 alias {mine}"
+    ));
     ns.sh("ip tuntap add dev tnother0 mode tap && ip link set dev tnother0 alias tine:/another/daemon");
 
     let busy = d.json(&["system", "cleanup"]);
-    let a_still_up = d.sh("a", &format!("ping -c 1 -W 5 {GATEWAY} >/dev/null && echo up"));
+    let a_still_up = d.sh(
+        "a",
+        &format!("ping -c 1 -W 5 {GATEWAY} >/dev/null && echo up"),
+    );
     d.ok(&["rm", "-f", "a"]);
     let done = d.json(&["system", "cleanup"]);
     let again = d.json(&["system", "cleanup"]);
 
     assert_eq!(busy["taps_removed"], serde_json::json!(["tnstale0"]));
-    assert!(busy["kept"].as_str().unwrap().contains("1 instance(s) still hold addresses"), "{busy}");
+    assert!(
+        busy["kept"]
+            .as_str()
+            .unwrap()
+            .contains("1 instance(s) still hold addresses"),
+        "{busy}"
+    );
     assert_eq!(a_still_up, "up\n");
-    assert!(ns.has_link("tnother0"), "another daemon's TAP is not ours to remove");
+    assert!(
+        ns.has_link("tnother0"),
+        "another daemon's TAP is not ours to remove"
+    );
     assert_eq!(done["bridge_removed"], true);
     assert_eq!(done["nat_removed"], true);
     assert_eq!(done["forwarding_restored"], true);
@@ -207,7 +263,10 @@ fn cleanup_removes_stale_taps_then_bridge_rules_and_forwarding_and_is_idempotent
 
 /// `tine serve` in `ns` that must exit with an error; returns its stderr.
 fn serve_fails(ns: &Netns, args: &[&str]) -> String {
-    let dir = tempfile::Builder::new().prefix("tine-t").tempdir_in("/tmp").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("tine-t")
+        .tempdir_in("/tmp")
+        .unwrap();
     let mut child = ns
         .command(env!("CARGO_BIN_EXE_tine"))
         .args(["serve", "--data-dir"])
@@ -237,9 +296,15 @@ fn bad_subnets_bridges_and_modes_are_refused_with_clear_errors() {
     let ns = Netns::new();
     ns.sh("ip link add lan0 type veth peer name lan1 && ip addr add 10.77.3.1/24 dev lan0 && ip link set lan0 up && ip link set lan1 up");
     let cases: &[(&[&str], &str)] = &[
-        (&["--subnet", "10.77.0.0/16"], "subnet 10.77.0.0/16 overlaps the host route 10.77.3.0/24 (dev lan0)"),
+        (
+            &["--subnet", "10.77.0.0/16"],
+            "subnet 10.77.0.0/16 overlaps the host route 10.77.3.0/24 (dev lan0)",
+        ),
         (&["--subnet", "10.0.0.1/16"], "did you mean 10.0.0.0/16"),
-        (&["--subnet", "8.8.0.0/16"], "not a private (RFC 1918) range"),
+        (
+            &["--subnet", "8.8.0.0/16"],
+            "not a private (RFC 1918) range",
+        ),
         (&["--subnet", "10.1.0.0/31"], "prefix length must be 8..=30"),
         (&["--bridge", "br;x"], "invalid bridge name \"br;x\""),
         (&["--dns", "resolver"], "invalid DNS server \"resolver\""),
@@ -247,7 +312,10 @@ fn bad_subnets_bridges_and_modes_are_refused_with_clear_errors() {
     ];
     for (args, want) in cases {
         let err = serve_fails(&ns, args);
-        assert!(err.contains(want), "serve {args:?}: expected {want:?} in {err:?}");
+        assert!(
+            err.contains(want),
+            "serve {args:?}: expected {want:?} in {err:?}"
+        );
     }
 
     let d = Daemon::start_in_netns(&["--network", "none"]);
@@ -256,5 +324,8 @@ fn bad_subnets_bridges_and_modes_are_refused_with_clear_errors() {
     assert!(off.contains("networking is off on this daemon"), "{off}");
     assert!(bad.contains("unknown network \"bogus\""), "{bad}");
     assert!(common::names(&d).is_empty());
-    assert!(!d.netns().has_link("tine0"), "a daemon without networking makes no bridge");
+    assert!(
+        !d.netns().has_link("tine0"),
+        "a daemon without networking makes no bridge"
+    );
 }

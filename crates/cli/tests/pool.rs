@@ -14,7 +14,11 @@ fn wait_ready(d: &Daemon, want: u64) -> serde_json::Value {
         if p["ready"].as_u64() == Some(want) {
             return p;
         }
-        assert!(Instant::now() < deadline, "pool never filled: {pools:#}\n{}", d.log());
+        assert!(
+            Instant::now() < deadline,
+            "pool never filled: {pools:#}\n{}",
+            d.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -27,7 +31,11 @@ fn forks_claim_warm_entries_continue_the_source_and_the_pool_refills() {
     d.ok(&["standby", "hot"]);
     d.ok(&["pool", "set", "hot", "--size", "2"]);
     wait_ready(&d, 2);
-    assert_eq!(d.json(&["ps"]).as_array().unwrap().len(), 1, "pool entries are hidden");
+    assert_eq!(
+        d.json(&["ps"]).as_array().unwrap().len(),
+        1,
+        "pool entries are hidden"
+    );
 
     let report = d.json(&["fork", "hot", "--name", "w", "--count", "2"]);
 
@@ -37,12 +45,18 @@ fn forks_claim_warm_entries_continue_the_source_and_the_pool_refills() {
     for f in ["w-1", "w-2"] {
         assert_eq!(d.sh(f, "cat /run/p; hostname"), format!("parked\n{f}\n"));
     }
-    let ids: Vec<String> = ["w-1", "w-2"].iter().map(|f| d.sh(f, "cat /etc/machine-id")).collect();
+    let ids: Vec<String> = ["w-1", "w-2"]
+        .iter()
+        .map(|f| d.sh(f, "cat /etc/machine-id"))
+        .collect();
     assert_ne!(ids[0], ids[1]);
     let metrics = d.ok(&["metrics"]);
     assert!(metrics.contains("tine_pool_hits_total 2"), "{metrics}");
     assert!(metrics.contains("tine_forks_total 2"), "{metrics}");
-    assert!(metrics.contains("tine_fork_seconds_count{stage=\"ready\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("tine_fork_seconds_count{stage=\"ready\"} 2"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -59,7 +73,11 @@ fn a_new_parked_state_of_the_source_replaces_the_pool_entries() {
     d.ok(&["standby", "src"]);
     d.ok(&["fork", "src", "--name", "after"]);
 
-    assert_eq!(d.sh("after", "cat /run/v"), "two\n", "never a fork of the stale state");
+    assert_eq!(
+        d.sh("after", "cat /run/v"),
+        "two\n",
+        "never a fork of the stale state"
+    );
 }
 
 #[test]
@@ -76,7 +94,11 @@ fn template_pool_entries_do_not_count_as_forks_and_removal_drains_them() {
     assert_eq!(d.json(&["template", "inspect", "t"])["forks"], 1);
     d.ok(&["rm", "-f", "tf"]);
     d.ok(&["template", "rm", "t"]);
-    assert_eq!(common::qemu_processes(&d), 0, "waiting VMs of the pool were stopped");
+    assert_eq!(
+        common::qemu_processes(&d),
+        0,
+        "waiting VMs of the pool were stopped"
+    );
 }
 
 #[test]
@@ -90,7 +112,11 @@ fn pools_come_back_after_a_daemon_restart() {
     d.restart();
 
     wait_ready(&d, 1);
-    assert_eq!(common::qemu_processes(&d), 1, "the old entry's VM was replaced, not leaked");
+    assert_eq!(
+        common::qemu_processes(&d),
+        1,
+        "the old entry's VM was replaced, not leaked"
+    );
     d.ok(&["fork", "p", "--name", "pf"]);
     assert_eq!(d.json(&["pool", "ls"])[0]["hits"], 1);
 }
@@ -101,10 +127,17 @@ fn bad_pool_requests_are_refused() {
     d.ok(&["run", "--name", "r"]);
 
     let err = d.fails(&["pool", "set", "r", "--size", "1"]);
-    assert!(err.contains("--from-running") || err.contains("standby"), "{err}");
+    assert!(
+        err.contains("--from-running") || err.contains("standby"),
+        "{err}"
+    );
     d.ok(&["standby", "r"]);
-    assert!(d.fails(&["pool", "set", "r", "--size", "0"]).contains("out of range"));
-    assert!(d.fails(&["pool", "set", "nope", "--size", "1"]).contains("no instance named"));
+    assert!(d
+        .fails(&["pool", "set", "r", "--size", "0"])
+        .contains("out of range"));
+    assert!(d
+        .fails(&["pool", "set", "nope", "--size", "1"])
+        .contains("no instance named"));
     assert!(d.fails(&["pool", "rm", "r"]).contains("pool for r"));
 }
 
@@ -117,9 +150,16 @@ fn a_pool_entry_whose_vm_died_falls_back_to_a_cold_fork() {
     d.ok(&["pool", "set", "s", "--size", "1"]);
     wait_ready(&d, 1);
     let source_dir = common::dir_of(&d, "s");
-    for e in std::fs::read_dir(d.data_dir.join("instances")).unwrap().flatten() {
+    for e in std::fs::read_dir(d.data_dir.join("instances"))
+        .unwrap()
+        .flatten()
+    {
         if e.path() != source_dir {
-            let pid: i32 = std::fs::read_to_string(e.path().join("qemu.pid")).unwrap().trim().parse().unwrap();
+            let pid: i32 = std::fs::read_to_string(e.path().join("qemu.pid"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
             common::kill9(pid);
         }
     }

@@ -14,7 +14,10 @@ fn snap_json(d: &Daemon, args: &[&str]) -> serde_json::Value {
 fn snapshot_survives_its_source_and_restores_into_a_new_instance() {
     let d = Daemon::start();
     d.ok(&["run", "--name", "orig"]);
-    d.sh("orig", "echo in-memory > /run/m; echo on-disk > /root/d; sync");
+    d.sh(
+        "orig",
+        "echo in-memory > /run/m; echo on-disk > /root/d; sync",
+    );
     snap_json(&d, &["create", "orig", "--name", "s"]);
 
     d.ok(&["rm", "-f", "orig"]);
@@ -51,28 +54,46 @@ fn compressed_snapshot_round_trips_and_forks_from_a_compressed_only_file() {
     let info = snap_json(&d, &["inspect", "zs", "--wait"]);
 
     assert_eq!(info["compression"]["state"], "compressed");
-    assert!(info["compression"]["compressed_bytes"].as_u64().unwrap() < info["compression"]["raw_bytes"].as_u64().unwrap());
+    assert!(
+        info["compression"]["compressed_bytes"].as_u64().unwrap()
+            < info["compression"]["raw_bytes"].as_u64().unwrap()
+    );
     let dir = std::path::PathBuf::from(info["dir"].as_str().unwrap());
-    assert!(!dir.join("memory").exists(), "only the compressed file is kept");
+    assert!(
+        !dir.join("memory").exists(),
+        "only the compressed file is kept"
+    );
     d.ok(&["fork", "--snapshot", "zs", "--name", "zf"]);
     assert_eq!(d.sh("zf", "cat /run/m"), "zdata\n");
-    assert!(dir.join("memory").exists(), "decompressed into a real file for the fork");
+    assert!(
+        dir.join("memory").exists(),
+        "decompressed into a real file for the fork"
+    );
 }
 
 #[test]
 fn restore_during_compression_cancels_it_and_uses_the_raw_file() {
     let d = Daemon::start();
     d.ok(&["run", "--name", "c", "--memory", "1G"]);
-    d.sh("c", "dd if=/dev/urandom of=/run/big bs=1M count=200 2>/dev/null; echo ok > /run/m");
+    d.sh(
+        "c",
+        "dd if=/dev/urandom of=/run/big bs=1M count=200 2>/dev/null; echo ok > /run/m",
+    );
     d.ok(&["standby", "c"]);
 
-    snap_json(&d, &["create", "c", "--name", "cs", "--compress", "zstd:19"]);
+    snap_json(
+        &d,
+        &["create", "c", "--name", "cs", "--compress", "zstd:19"],
+    );
     d.ok(&["snapshot", "restore", "cs", "--into", "cr"]);
     d.ok(&["start", "cr"]);
 
     assert_eq!(d.sh("cr", "cat /run/m"), "ok\n");
     let info = snap_json(&d, &["inspect", "cs", "--wait"]);
-    assert_eq!(info["compression"]["state"], "none", "the compression was cancelled");
+    assert_eq!(
+        info["compression"]["state"], "none",
+        "the compression was cancelled"
+    );
 }
 
 #[test]
@@ -86,9 +107,16 @@ fn snapshot_files_are_never_written_by_restores_of_its_source() {
     let sha = sha256(&snap_mem);
 
     d.ok(&["restore", "w"]);
-    d.sh("w", "dd if=/dev/urandom of=/run/x bs=1M count=8 2>/dev/null");
+    d.sh(
+        "w",
+        "dd if=/dev/urandom of=/run/x bs=1M count=8 2>/dev/null",
+    );
 
-    assert_ne!(inode(&dir_of(&d, "w").join("memory")).0, ino, "the source got a private copy");
+    assert_ne!(
+        inode(&dir_of(&d, "w").join("memory")).0,
+        ino,
+        "the source got a private copy"
+    );
     assert_eq!(inode(&snap_mem).0, ino);
     assert_eq!(sha256(&snap_mem), sha);
 }
@@ -101,7 +129,10 @@ fn template_counts_forks_refuses_removal_while_they_live_then_allows_it() {
     d.ok(&["standby", "tpl"]);
 
     d.ok(&["template", "promote", "tpl"]);
-    assert!(d.tine(&["inspect", "tpl"]).status.code() != Some(0), "the instance became the template");
+    assert!(
+        d.tine(&["inspect", "tpl"]).status.code() != Some(0),
+        "the instance became the template"
+    );
     let report = d.json(&["fork", "--template", "tpl", "--name", "t", "--count", "5"]);
     assert_eq!(report["ok"], 5);
     assert_eq!(d.json(&["template", "inspect", "tpl"])["forks"], 5);
@@ -124,18 +155,55 @@ fn bad_snapshot_requests_are_refused() {
     snap_json(&d, &["create", "b", "--name", "dup"]);
 
     let cases: &[(&[&str], &str)] = &[
-        (&["snapshot", "create", "b", "--name", "dup"], "already exists"),
-        (&["snapshot", "create", "b", "--name", "../x"], "invalid name"),
-        (&["snapshot", "create", "nope", "--name", "x"], "no instance named"),
-        (&["snapshot", "create", "b", "--name", "x", "--compress", "zstd:99"], "out of range"),
-        (&["snapshot", "create", "b", "--name", "x", "--compress", "gzip"], "unknown compression"),
+        (
+            &["snapshot", "create", "b", "--name", "dup"],
+            "already exists",
+        ),
+        (
+            &["snapshot", "create", "b", "--name", "../x"],
+            "invalid name",
+        ),
+        (
+            &["snapshot", "create", "nope", "--name", "x"],
+            "no instance named",
+        ),
+        (
+            &[
+                "snapshot",
+                "create",
+                "b",
+                "--name",
+                "x",
+                "--compress",
+                "zstd:99",
+            ],
+            "out of range",
+        ),
+        (
+            &[
+                "snapshot",
+                "create",
+                "b",
+                "--name",
+                "x",
+                "--compress",
+                "gzip",
+            ],
+            "unknown compression",
+        ),
         (&["snapshot", "rm", "missing"], "snapshot missing"),
-        (&["fork", "--snapshot", "missing", "--name", "x"], "snapshot missing"),
+        (
+            &["fork", "--snapshot", "missing", "--name", "x"],
+            "snapshot missing",
+        ),
         (&["template", "promote", "b"], "only a standby instance"),
     ];
     for (args, want) in cases {
         let err = d.fails(args);
-        assert!(err.contains(want), "tine {args:?}: expected {want:?} in {err:?}");
+        assert!(
+            err.contains(want),
+            "tine {args:?}: expected {want:?} in {err:?}"
+        );
     }
     assert_eq!(d.json(&["snapshot", "ls"]).as_array().unwrap().len(), 1);
 }

@@ -23,7 +23,9 @@ fn standby_and_restore_three_times_keeps_process_memory_and_disk() {
         let after = counter(&d, "sb");
         assert!(after >= before, "counter went back: {before} -> {after}");
         assert_eq!(d.sh("sb", "cat /run/counter.pid").trim(), pid);
-        assert!(d.sh("sb", &format!("kill -0 {pid} && echo alive")).contains("alive"));
+        assert!(d
+            .sh("sb", &format!("kill -0 {pid} && echo alive"))
+            .contains("alive"));
         assert_eq!(d.sh("sb", "cat /root/file"), "on-disk\n");
     }
 }
@@ -50,6 +52,12 @@ fn restored_guest_clock_is_corrected() {
     d.ok(&["restore", "clk"]);
 
     let guest: i64 = d.sh("clk", "date +%s").trim().parse().unwrap();
-    let host = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    assert!((host - guest).abs() <= 2, "guest clock {guest} vs host {host}");
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (host - guest).abs() <= 2,
+        "guest clock {guest} vs host {host}"
+    );
 }

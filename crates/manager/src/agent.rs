@@ -47,7 +47,11 @@ impl AgentSlot {
 }
 
 /// Wait until the agent at `path` answers, and keep the connection.
-pub(crate) async fn wait_ready(slot: &AgentSlot, path: &Path, timeout: Duration) -> Result<(), AgentError> {
+pub(crate) async fn wait_ready(
+    slot: &AgentSlot,
+    path: &Path,
+    timeout: Duration,
+) -> Result<(), AgentError> {
     slot.reset().await;
     let (client, _pong) = AgentClient::wait_ready(path, timeout).await?;
     slot.set(path, client).await;
@@ -88,7 +92,10 @@ pub(crate) async fn sync(slot: &AgentSlot) -> Result<(), AgentError> {
     slot.get().await?.sync().await
 }
 
-pub(crate) async fn configure_network(slot: &AgentSlot, cfg: &tine_agent_proto::NetworkConfig) -> Result<(), AgentError> {
+pub(crate) async fn configure_network(
+    slot: &AgentSlot,
+    cfg: &tine_agent_proto::NetworkConfig,
+) -> Result<(), AgentError> {
     slot.get().await?.configure_network(cfg).await
 }
 
@@ -105,7 +112,10 @@ pub(crate) struct Identity {
 
 impl Identity {
     pub(crate) fn new(hostname: &str) -> Identity {
-        Identity { hostname: hostname.into(), machine_id: uuid::Uuid::new_v4().simple().to_string() }
+        Identity {
+            hostname: hostname.into(),
+            machine_id: uuid::Uuid::new_v4().simple().to_string(),
+        }
     }
 }
 

@@ -34,7 +34,9 @@ fn failed(e: impl std::error::Error + 'static) -> ManagerError {
 }
 
 fn copy(src: &Path, dst: &Path) -> Result<(), ManagerError> {
-    tine_storage::copy_file(src, dst).map(|_| ()).map_err(failed)
+    tine_storage::copy_file(src, dst)
+        .map(|_| ())
+        .map_err(failed)
 }
 
 fn link(src: &Path, dst: &Path) -> Result<(), ManagerError> {
@@ -55,7 +57,10 @@ impl Manager {
         match (rec.state, kind) {
             (State::Running | State::Paused, SnapshotKind::Standby) => {
                 let pause_ms = self.capture_running(slot, rec, &dest).await?;
-                Ok(Captured { ram_in_state: false, pause_ms: Some(pause_ms) })
+                Ok(Captured {
+                    ram_in_state: false,
+                    pause_ms: Some(pause_ms),
+                })
             }
             (State::Running | State::Paused, SnapshotKind::Stopped) => {
                 let was_running = rec.state == State::Running;
@@ -64,12 +69,16 @@ impl Manager {
                     // QEMU flushes the disk when it stops the vCPUs.
                     self.hv.pause(&slot.dir).await?;
                 }
-                let copied = blocking(move || copy(&src.join(ROOT_DISK), &dest.join(ROOT_DISK))).await;
+                let copied =
+                    blocking(move || copy(&src.join(ROOT_DISK), &dest.join(ROOT_DISK))).await;
                 if was_running {
                     self.hv.resume(&slot.dir).await?;
                 }
                 copied?;
-                Ok(Captured { ram_in_state: false, pause_ms: Some(ms(t0)) })
+                Ok(Captured {
+                    ram_in_state: false,
+                    pause_ms: Some(ms(t0)),
+                })
             }
             (State::Standby, SnapshotKind::Standby) => {
                 let ram_in_state = rec.ram_in_state;
@@ -82,11 +91,17 @@ impl Manager {
                     Ok(())
                 })
                 .await?;
-                Ok(Captured { ram_in_state, pause_ms: None })
+                Ok(Captured {
+                    ram_in_state,
+                    pause_ms: None,
+                })
             }
             (State::Standby | State::Stopped | State::Error, SnapshotKind::Stopped) => {
                 blocking(move || copy(&src.join(ROOT_DISK), &dest.join(ROOT_DISK))).await?;
-                Ok(Captured { ram_in_state: false, pause_ms: None })
+                Ok(Captured {
+                    ram_in_state: false,
+                    pause_ms: None,
+                })
             }
             (state, kind) => Err(ManagerError::InvalidArgument(format!(
                 "cannot capture a {kind:?} state of {}: it is {state}",
@@ -97,7 +112,12 @@ impl Manager {
 
     /// Pause, save device state, capture disk and memory into `dest`,
     /// continue. Returns the pause time in ms.
-    async fn capture_running(&self, slot: &Slot, rec: &InstanceRecord, dest: &Path) -> Result<f64, ManagerError> {
+    async fn capture_running(
+        &self,
+        slot: &Slot,
+        rec: &InstanceRecord,
+        dest: &Path,
+    ) -> Result<f64, ManagerError> {
         let was_running = rec.state == State::Running;
         if was_running {
             // Not required for consistency (QEMU flushes its disk on stop),
@@ -107,15 +127,22 @@ impl Manager {
         let t0 = Instant::now();
         // x-ignore-shared either way: loads use the same capability (a
         // privately mapped source's RAM is not "shared", so it is saved).
-        let saved = self.hv.save_state(&slot.dir, &dest.join(STATE_FILE), RamSave::InMemoryFile).await;
+        let saved = self
+            .hv
+            .save_state(&slot.dir, &dest.join(STATE_FILE), RamSave::InMemoryFile)
+            .await;
         let captured = match saved {
             Ok(_) => {
                 let (src, dest, mapping) = (slot.dir.clone(), dest.to_path_buf(), rec.memory);
                 blocking(move || {
                     copy(&src.join(ROOT_DISK), &dest.join(ROOT_DISK))?;
                     match mapping {
-                        MemoryMapping::Private => link(&src.join(MEMORY_FILE), &dest.join(MEMORY_FILE)),
-                        MemoryMapping::Shared => copy(&src.join(MEMORY_FILE), &dest.join(MEMORY_FILE)),
+                        MemoryMapping::Private => {
+                            link(&src.join(MEMORY_FILE), &dest.join(MEMORY_FILE))
+                        }
+                        MemoryMapping::Shared => {
+                            copy(&src.join(MEMORY_FILE), &dest.join(MEMORY_FILE))
+                        }
                     }
                 })
                 .await
@@ -134,7 +161,11 @@ impl Manager {
     /// Put a snapshot's state into an existing instance that has no VM
     /// process. Its old disk and memory are replaced; nothing of the
     /// snapshot is written (the memory file is linked, mapped privately).
-    pub(crate) async fn replace_state(self: &Arc<Self>, snap: &Arc<SnapSlot>, into: &str) -> Result<InstanceInfo, ManagerError> {
+    pub(crate) async fn replace_state(
+        self: &Arc<Self>,
+        snap: &Arc<SnapSlot>,
+        into: &str,
+    ) -> Result<InstanceInfo, ManagerError> {
         let _r = snap.op.clone().read_owned().await;
         snap.ensure_raw_memory().await?;
         let srec = snap.record();
@@ -147,18 +178,26 @@ impl Manager {
         if rec.state.has_process() {
             return Err(ManagerError::Conflict {
                 name: rec.name,
-                source: crate::state::IllegalTransition { op: crate::state::Op::Restore, state: rec.state },
+                source: crate::state::IllegalTransition {
+                    op: crate::state::Op::Restore,
+                    state: rec.state,
+                },
             });
         }
         let (src, dst) = (snap.dir.clone(), slot.dir.clone());
         let standby = srec.kind == SnapshotKind::Standby;
         // Saved device state fixes whether there is a NIC; a boot does not.
-        let nic = if standby { srec.network } else { rec.network.is_some() };
+        let nic = if standby {
+            srec.network
+        } else {
+            rec.network.is_some()
+        };
         let (network, dropped) = self.network_for_state(&rec, nic)?;
         let copied = blocking(move || {
             let tmp = dst.join("restore.tmp");
             let _ = std::fs::remove_dir_all(&tmp);
-            std::fs::create_dir(&tmp).map_err(|e| ManagerError::io("create restore directory", e))?;
+            std::fs::create_dir(&tmp)
+                .map_err(|e| ManagerError::io("create restore directory", e))?;
             copy(&src.join(ROOT_DISK), &tmp.join(ROOT_DISK))?;
             if standby {
                 copy(&src.join(STATE_FILE), &tmp.join(STATE_FILE))?;
@@ -172,7 +211,8 @@ impl Manager {
             }
             for f in [ROOT_DISK, STATE_FILE, MEMORY_FILE] {
                 if tmp.join(f).exists() {
-                    std::fs::rename(tmp.join(f), dst.join(f)).map_err(|e| ManagerError::io(format!("move {f}"), e))?;
+                    std::fs::rename(tmp.join(f), dst.join(f))
+                        .map_err(|e| ManagerError::io(format!("move {f}"), e))?;
                 }
             }
             let _ = std::fs::remove_dir_all(&tmp);
@@ -186,7 +226,11 @@ impl Manager {
             return Err(e);
         }
         slot.update(|r| {
-            r.state = if standby { State::Standby } else { State::Stopped };
+            r.state = if standby {
+                State::Standby
+            } else {
+                State::Stopped
+            };
             r.process = None;
             r.error = None;
             r.image = srec.image.clone();
@@ -206,5 +250,7 @@ impl Manager {
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ManagerError> + Send + 'static,
 ) -> Result<T, ManagerError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ManagerError::Failed(format!("storage task: {e}")))?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ManagerError::Failed(format!("storage task: {e}")))?
 }

@@ -31,12 +31,18 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Compress
 
 /// Compress `src` into `dst` via `dst.tmp`; returns the compressed size.
 /// On error or cancel the temp file is removed and `dst` is untouched.
-pub fn compress(src: &Path, dst: &Path, level: i32, cancel: &AtomicBool) -> Result<u64, CompressError> {
+pub fn compress(
+    src: &Path,
+    dst: &Path,
+    level: i32,
+    cancel: &AtomicBool,
+) -> Result<u64, CompressError> {
     let tmp = dst.with_extension("zst.tmp");
     let result = (|| {
         let mut input = std::fs::File::open(src).map_err(io_err("open", src))?;
         let out = std::fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
-        let mut enc = zstd::stream::Encoder::new(out, level).map_err(io_err("start zstd for", &tmp))?;
+        let mut enc =
+            zstd::stream::Encoder::new(out, level).map_err(io_err("start zstd for", &tmp))?;
         copy_cancellable(&mut input, &mut enc, cancel, src, &tmp)?;
         let out = enc.finish().map_err(io_err("finish", &tmp))?;
         out.sync_all().map_err(io_err("fsync", &tmp))?;
@@ -56,7 +62,8 @@ pub fn decompress(src: &Path, dst: &Path) -> Result<(), CompressError> {
     let result = (|| {
         let input = std::fs::File::open(src).map_err(io_err("open", src))?;
         let mut dec = zstd::stream::Decoder::new(input).map_err(io_err("start zstd for", src))?;
-        let mut out = SparseWriter::new(std::fs::File::create(&tmp).map_err(io_err("create", &tmp))?);
+        let mut out =
+            SparseWriter::new(std::fs::File::create(&tmp).map_err(io_err("create", &tmp))?);
         copy_cancellable(&mut dec, &mut out, &never, src, &tmp)?;
         let f = out.finish().map_err(io_err("finish", &tmp))?;
         f.sync_all().map_err(io_err("fsync", &tmp))?;
@@ -133,7 +140,11 @@ mod tests {
     #[test]
     fn round_trip_keeps_bytes_and_holes() {
         let dir = tempfile::tempdir().unwrap();
-        let (raw, zst, back) = (dir.path().join("m"), dir.path().join("m.zst"), dir.path().join("m2"));
+        let (raw, zst, back) = (
+            dir.path().join("m"),
+            dir.path().join("m.zst"),
+            dir.path().join("m2"),
+        );
         let f = std::fs::File::create(&raw).unwrap();
         f.set_len(8 << 20).unwrap();
         std::fs::write(dir.path().join("x"), b"").unwrap();
@@ -146,7 +157,10 @@ mod tests {
 
         assert_eq!(std::fs::read(&raw).unwrap(), std::fs::read(&back).unwrap());
         use std::os::unix::fs::MetadataExt;
-        assert!(std::fs::metadata(&back).unwrap().blocks() * 512 < 1 << 20, "holes preserved");
+        assert!(
+            std::fs::metadata(&back).unwrap().blocks() * 512 < 1 << 20,
+            "holes preserved"
+        );
     }
 
     #[test]

@@ -45,7 +45,10 @@ pub enum ManagerError {
 
 impl ManagerError {
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        ManagerError::Io { what: what.into(), source }
+        ManagerError::Io {
+            what: what.into(),
+            source,
+        }
     }
 }
 

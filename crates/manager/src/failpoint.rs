@@ -11,7 +11,9 @@ use crate::error::ManagerError;
 pub(crate) fn hit(name: &str, detail: &str) -> Result<(), ManagerError> {
     let spec = std::env::var("TINE_FAILPOINTS").unwrap_or_default();
     for entry in spec.split(';').filter(|e| !e.is_empty()) {
-        let Some((n, rest)) = entry.split_once('=') else { continue };
+        let Some((n, rest)) = entry.split_once('=') else {
+            continue;
+        };
         if n != name {
             continue;
         }

@@ -130,7 +130,12 @@ pub(crate) struct Base {
 }
 
 impl Base {
-    fn of_instance(dir: PathBuf, r: &InstanceRecord, staging: Option<PathBuf>, source: &str) -> Base {
+    fn of_instance(
+        dir: PathBuf,
+        r: &InstanceRecord,
+        staging: Option<PathBuf>,
+        source: &str,
+    ) -> Base {
         // A standby's digest changes with every standby: a new parked state.
         let key = match &staging {
             Some(s) => format!("staging:{}", s.display()),
@@ -223,7 +228,8 @@ impl Manager {
         let (base, pause_ms) = self.fork_base(&req).await?;
         if !base.has_state && req.target == ForkTarget::Standby {
             return Err(ManagerError::InvalidArgument(
-                "a stopped-kind snapshot has no memory to park: use --target running or stopped".into(),
+                "a stopped-kind snapshot has no memory to park: use --target running or stopped"
+                    .into(),
             ));
         }
         let image = image::load(&self.cfg.images_dir, &base.image)?;
@@ -249,7 +255,10 @@ impl Manager {
         }
         let mut forks = Vec::new();
         for t in tasks {
-            forks.push(t.await.map_err(|e| ManagerError::Failed(format!("fork task: {e}")))?);
+            forks.push(
+                t.await
+                    .map_err(|e| ManagerError::Failed(format!("fork task: {e}")))?,
+            );
         }
         if let Some(staging) = &base.staging {
             // Forks hold their own links and copies now.
@@ -257,17 +266,33 @@ impl Manager {
         }
         let ok = forks.iter().filter(|f| f.error.is_none()).count();
         let m = &self.metrics;
-        m.forks.fetch_add(forks.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        m.forks_failed.fetch_add((forks.len() - ok) as u64, std::sync::atomic::Ordering::Relaxed);
+        m.forks
+            .fetch_add(forks.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        m.forks_failed.fetch_add(
+            (forks.len() - ok) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         for f in &forks {
             if let (Some(r), Some(d)) = (f.running_ms, f.ready_ms) {
                 m.fork_running.observe_ms(r);
                 m.fork_ready.observe_ms(d);
             }
         }
-        let report =
-            ForkReport { source: req.source.clone(), source_pause_ms: pause_ms, wall_ms: ms(t0), ok, failed: forks.len() - ok, forks };
-        info!(source = req.source, ok, failed = report.failed, wall_ms = report.wall_ms, "fork done");
+        let report = ForkReport {
+            source: req.source.clone(),
+            source_pause_ms: pause_ms,
+            wall_ms: ms(t0),
+            ok,
+            failed: forks.len() - ok,
+            forks,
+        };
+        info!(
+            source = req.source,
+            ok,
+            failed = report.failed,
+            wall_ms = report.wall_ms,
+            "fork done"
+        );
         Ok(report)
     }
 
@@ -284,14 +309,18 @@ impl Manager {
         };
         // NAME-i, or a template with {i} placed where the caller wants it.
         let names: Vec<String> = if base.contains("{i}") {
-            (1..=count).map(|i| base.replace("{i}", &i.to_string())).collect()
+            (1..=count)
+                .map(|i| base.replace("{i}", &i.to_string()))
+                .collect()
         } else if count == 1 {
             vec![base]
         } else {
             (1..=count).map(|i| format!("{base}-{i}")).collect()
         };
         if names.iter().collect::<std::collections::HashSet<_>>().len() != names.len() {
-            return Err(ManagerError::InvalidArgument("the name template gives duplicate names".into()));
+            return Err(ManagerError::InvalidArgument(
+                "the name template gives duplicate names".into(),
+            ));
         }
         for n in &names {
             names::validate_name(n).map_err(ManagerError::InvalidArgument)?;
@@ -303,7 +332,10 @@ impl Manager {
     }
 
     /// Fix the files forks are made from.
-    pub(crate) async fn fork_base(self: &Arc<Self>, req: &ForkRequest) -> Result<(Base, Option<f64>), ManagerError> {
+    pub(crate) async fn fork_base(
+        self: &Arc<Self>,
+        req: &ForkRequest,
+    ) -> Result<(Base, Option<f64>), ManagerError> {
         match req.from {
             ForkFrom::Instance => self.instance_base(req).await,
             ForkFrom::Snapshot | ForkFrom::Template => {
@@ -336,7 +368,10 @@ impl Manager {
         }
     }
 
-    async fn instance_base(self: &Arc<Self>, req: &ForkRequest) -> Result<(Base, Option<f64>), ManagerError> {
+    async fn instance_base(
+        self: &Arc<Self>,
+        req: &ForkRequest,
+    ) -> Result<(Base, Option<f64>), ManagerError> {
         let (base, pause) = self.instance_base_unchecked(req).await?;
         if base.staging.is_none() {
             base.verify()?;
@@ -344,7 +379,10 @@ impl Manager {
         Ok((base, pause))
     }
 
-    async fn instance_base_unchecked(self: &Arc<Self>, req: &ForkRequest) -> Result<(Base, Option<f64>), ManagerError> {
+    async fn instance_base_unchecked(
+        self: &Arc<Self>,
+        req: &ForkRequest,
+    ) -> Result<(Base, Option<f64>), ManagerError> {
         let slot = self.slot(&req.source)?;
         let _g = slot.op.lock().await;
         let rec = slot.record();
@@ -389,7 +427,13 @@ impl Manager {
         target: ForkTarget,
         t0: Instant,
     ) -> ForkOutcome {
-        let mut out = ForkOutcome { name: name.clone(), instance: None, error: None, running_ms: None, ready_ms: None };
+        let mut out = ForkOutcome {
+            name: name.clone(),
+            instance: None,
+            error: None,
+            running_ms: None,
+            ready_ms: None,
+        };
         if target == ForkTarget::Running && base.has_state {
             tracing::debug!(name, before_claim_ms = ms(t0), "fork ready to claim");
             if let Some((slot, proc, boot)) = self.pool_take(base) {
@@ -423,9 +467,19 @@ impl Manager {
         target: ForkTarget,
         t0: Instant,
     ) -> ForkOutcome {
-        let mut out = ForkOutcome { name: name.clone(), instance: None, error: None, running_ms: None, ready_ms: None };
+        let mut out = ForkOutcome {
+            name: name.clone(),
+            instance: None,
+            error: None,
+            running_ms: None,
+            ready_ms: None,
+        };
         // Without device state the fork boots fresh and owns its RAM file.
-        let memory = if base.has_state { MemoryMapping::Private } else { MemoryMapping::Shared };
+        let memory = if base.has_state {
+            MemoryMapping::Private
+        } else {
+            MemoryMapping::Shared
+        };
         let id = names::new_id();
         // A new address and MAC: the guest is told them before it is ready.
         let network = match self.network_lease_if(base.network, &id) {
@@ -455,7 +509,9 @@ impl Manager {
         let made = self.fork_files(base, &slot.dir, with_state).await;
         let result: Result<Option<BootTimes>, ManagerError> = match (made, target) {
             (Err(e), _) => Err(e),
-            (Ok(()), ForkTarget::Standby) => slot.update(|r| r.state = State::Standby).map(|()| None),
+            (Ok(()), ForkTarget::Standby) => {
+                slot.update(|r| r.state = State::Standby).map(|()| None)
+            }
             (Ok(()), ForkTarget::Stopped) => slot
                 .update(|r| {
                     r.state = State::Stopped;
@@ -474,7 +530,9 @@ impl Manager {
                     Boot::Fresh
                 };
                 let offset = t0.elapsed();
-                self.boot(&slot, image, boot, Some(Identity::new(&name))).await.map(|t| Some(shift(t, offset)))
+                self.boot(&slot, image, boot, Some(Identity::new(&name)))
+                    .await
+                    .map(|t| Some(shift(t, offset)))
             }
         };
         drop(guard);
@@ -499,13 +557,20 @@ impl Manager {
     }
 
     /// Disk (and device state) copied, memory file linked.
-    pub(crate) async fn fork_files(&self, base: &Base, dst: &Path, with_state: bool) -> Result<(), ManagerError> {
+    pub(crate) async fn fork_files(
+        &self,
+        base: &Base,
+        dst: &Path,
+        with_state: bool,
+    ) -> Result<(), ManagerError> {
         let (src, dst) = (base.dir.clone(), dst.to_path_buf());
         let mode = self.cfg.fork_memory;
         let metrics = self.metrics.clone();
         blocking(move || {
             let copy = |f: &str| {
-                tine_storage::copy_file(&src.join(f), &dst.join(f)).map(|_| ()).map_err(|e| ManagerError::Failed(chain(&e)))
+                tine_storage::copy_file(&src.join(f), &dst.join(f))
+                    .map(|_| ())
+                    .map_err(|e| ManagerError::Failed(chain(&e)))
             };
             copy(ROOT_DISK)?;
             if !with_state {
@@ -519,21 +584,31 @@ impl Manager {
             }
             match mode {
                 ForkMemory::Link => {
-                    let report = tine_storage::share(&from, &to).map_err(|e| ManagerError::Failed(chain(&e)))?;
+                    let report = tine_storage::share(&from, &to)
+                        .map_err(|e| ManagerError::Failed(chain(&e)))?;
                     match &report.link_errno {
                         Some(errno) => {
-                            warn!(?report, "memory file could not be hardlinked; copied instead");
-                            metrics.shares_copied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            warn!(
+                                ?report,
+                                "memory file could not be hardlinked; copied instead"
+                            );
+                            metrics
+                                .shares_copied
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             metrics.fallback(errno.name);
                         }
                         None => {
-                            metrics.shares_linked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            metrics
+                                .shares_linked
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                     }
                     Ok(())
                 }
                 ForkMemory::Copy => copy(MEMORY_FILE),
-                ForkMemory::FullCopy => full_copy(&from, &to).map_err(|e| ManagerError::io("copy memory file", e)),
+                ForkMemory::FullCopy => {
+                    full_copy(&from, &to).map_err(|e| ManagerError::io("copy memory file", e))
+                }
             }
         })
         .await
@@ -542,7 +617,10 @@ impl Manager {
 
 fn shift(t: BootTimes, offset: Duration) -> BootTimes {
     let o = offset.as_secs_f64() * 1e3;
-    BootTimes { running_ms: t.running_ms + o, ready_ms: t.ready_ms + o }
+    BootTimes {
+        running_ms: t.running_ms + o,
+        ready_ms: t.ready_ms + o,
+    }
 }
 
 /// A plain read/write copy (no reflink, no hole detection): the naive way

@@ -34,7 +34,10 @@ pub enum ImageError {
 /// Image names follow the instance name rule (they are directory names).
 pub fn load(images_dir: &Path, name: &str) -> Result<Image, ImageError> {
     if crate::names::validate_name(name).is_err() {
-        return Err(ImageError::Broken { name: name.into(), problem: "invalid image name".into() });
+        return Err(ImageError::Broken {
+            name: name.into(),
+            problem: "invalid image name".into(),
+        });
     }
     let dir = images_dir.join(name);
     let manifest_path = dir.join("manifest.json");
@@ -42,19 +45,30 @@ pub fn load(images_dir: &Path, name: &str) -> Result<Image, ImageError> {
         name: name.into(),
         dir: images_dir.display().to_string(),
     })?;
-    let broken = |problem: String| ImageError::Broken { name: name.into(), problem };
+    let broken = |problem: String| ImageError::Broken {
+        name: name.into(),
+        problem,
+    };
     let m: Manifest =
         serde_json::from_slice(&bytes).map_err(|e| broken(format!("bad manifest.json: {e}")))?;
     if m.schema != 1 {
-        return Err(broken(format!("manifest schema {} is not supported", m.schema)));
+        return Err(broken(format!(
+            "manifest schema {} is not supported",
+            m.schema
+        )));
     }
     let file = |rel: &str| -> Result<PathBuf, ImageError> {
         if rel.contains('/') {
-            return Err(broken(format!("manifest path {rel:?} must be a plain file name")));
+            return Err(broken(format!(
+                "manifest path {rel:?} must be a plain file name"
+            )));
         }
         let p = dir.join(rel);
         if !p.is_file() {
-            return Err(broken(format!("{} is missing (rebuild with guest/build.sh)", p.display())));
+            return Err(broken(format!(
+                "{} is missing (rebuild with guest/build.sh)",
+                p.display()
+            )));
         }
         // Absolute so overlays' backing paths survive a changed cwd.
         std::fs::canonicalize(&p).map_err(|e| broken(format!("{}: {e}", p.display())))

@@ -30,7 +30,10 @@ pub(crate) fn digest(path: &Path) -> Result<StateDigest, ManagerError> {
         h.update(&buf[..n]);
         bytes += n as u64;
     }
-    Ok(StateDigest { bytes, crc32: h.finalize() })
+    Ok(StateDigest {
+        bytes,
+        crc32: h.finalize(),
+    })
 }
 
 /// Compare a state file with its recorded digest (no record: nothing to check).
@@ -52,7 +55,9 @@ pub(crate) fn verify_state(path: &Path, expected: Option<StateDigest>) -> Result
 
 /// A memory file must be exactly the guest's RAM size.
 pub(crate) fn verify_memory(path: &Path, memory_mib: u32) -> Result<(), ManagerError> {
-    let len = std::fs::metadata(path).map_err(|e| ManagerError::io(format!("stat {}", path.display()), e))?.len();
+    let len = std::fs::metadata(path)
+        .map_err(|e| ManagerError::io(format!("stat {}", path.display()), e))?
+        .len();
     let want = u64::from(memory_mib) << 20;
     if len != want {
         return Err(ManagerError::Failed(format!(
@@ -81,16 +86,25 @@ mod tests {
         assert!(verify_state(&p, Some(d)).is_err());
 
         std::fs::write(&p, &bytes[..50_000]).unwrap();
-        assert!(verify_state(&p, Some(d)).unwrap_err().to_string().contains("truncated"));
+        assert!(verify_state(&p, Some(d))
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
     }
 
     #[test]
     fn memory_file_of_the_wrong_size_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("m");
-        std::fs::File::create(&p).unwrap().set_len(255 << 20).unwrap();
+        std::fs::File::create(&p)
+            .unwrap()
+            .set_len(255 << 20)
+            .unwrap();
         assert!(verify_memory(&p, 256).is_err());
-        std::fs::File::create(&p).unwrap().set_len(256 << 20).unwrap();
+        std::fs::File::create(&p)
+            .unwrap()
+            .set_len(256 << 20)
+            .unwrap();
         assert!(verify_memory(&p, 256).is_ok());
     }
 }

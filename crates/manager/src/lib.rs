@@ -12,18 +12,18 @@ pub mod admission;
 mod agent;
 mod base;
 mod compress;
-pub mod integrity;
-pub mod failpoint;
 pub mod error;
+pub mod failpoint;
 pub mod fork;
 pub mod image;
+pub mod integrity;
 mod memfile;
 pub mod metrics;
 pub mod names;
 pub mod network;
 mod ops;
-pub mod record;
 mod pool;
+pub mod record;
 mod recover;
 mod snapshot;
 mod space;
@@ -39,14 +39,16 @@ use serde::{Deserialize, Serialize};
 use tine_hypervisor::{AccelChoice, Hypervisor};
 
 pub use error::ManagerError;
-pub use pool::{PoolInfo, PoolSpec};
 pub use fork::{ForkFrom, ForkOutcome, ForkReport, ForkRequest, ForkTarget};
-pub use snapshot::{CompressState, Compression, SnapshotInfo, SnapshotKind, SnapshotRecord, SnapshotRequest};
-pub use tine_hypervisor::{Accel, HvError};
+pub use pool::{PoolInfo, PoolSpec};
 pub use record::InstanceRecord;
+pub use snapshot::{
+    CompressState, Compression, SnapshotInfo, SnapshotKind, SnapshotRecord, SnapshotRequest,
+};
 pub use state::State;
 pub use tine_agent_proto::client::{ExecEvent, ExecOutput};
 pub use tine_agent_proto::{ExecRequest, ExitStatus};
+pub use tine_hypervisor::{Accel, HvError};
 
 pub const MIN_MEMORY_MIB: u32 = 64;
 pub const MAX_MEMORY_MIB: u32 = 64 * 1024;
@@ -89,7 +91,9 @@ impl std::str::FromStr for ForkMemory {
             "link" => Ok(ForkMemory::Link),
             "copy" => Ok(ForkMemory::Copy),
             "full-copy" => Ok(ForkMemory::FullCopy),
-            o => Err(format!("unknown fork memory mode {o:?} (link, copy or full-copy)")),
+            o => Err(format!(
+                "unknown fork memory mode {o:?} (link, copy or full-copy)"
+            )),
         }
     }
 }
@@ -203,13 +207,26 @@ impl Manager {
     /// Open the data directory, re-attach to running VMs and mark dead ones.
     pub async fn open(cfg: Config, hv: Arc<dyn Hypervisor>) -> Result<Arc<Manager>, ManagerError> {
         let accel = match cfg.accel {
-            Some(a) => AccelChoice { accel: a, warning: None },
+            Some(a) => AccelChoice {
+                accel: a,
+                warning: None,
+            },
             None => tine_hypervisor::detect_accel(),
         };
         ops::create_private_dir(&cfg.data_dir.join("instances"))?;
         let snaps = snapshot::load_store(&cfg.data_dir.join("snapshots"))?;
         let net = network::Network::open(&cfg.network, &cfg.data_dir)?;
-        let mgr = Arc::new(Manager { cfg, hv, accel, slots: RwLock::new(HashMap::new()), snaps: RwLock::new(snaps), pools: Default::default(), net, metrics: Default::default(), admission: Default::default() });
+        let mgr = Arc::new(Manager {
+            cfg,
+            hv,
+            accel,
+            slots: RwLock::new(HashMap::new()),
+            snaps: RwLock::new(snaps),
+            pools: Default::default(),
+            net,
+            metrics: Default::default(),
+            admission: Default::default(),
+        });
         // Probe now, while there is room for the probe's inodes.
         mgr.reflinks();
         recover::load_all(&mgr).await?;
@@ -269,7 +286,11 @@ impl Manager {
     fn slot(&self, name_or_id: &str) -> Result<Arc<Slot>, ManagerError> {
         let slots = self.slots.read().expect("slots");
         let visible = |s: &&Arc<Slot>| !s.rec.lock().expect("rec").pooled;
-        if let Some(s) = slots.values().filter(visible).find(|s| s.rec.lock().expect("rec").name == name_or_id) {
+        if let Some(s) = slots
+            .values()
+            .filter(visible)
+            .find(|s| s.rec.lock().expect("rec").name == name_or_id)
+        {
             return Ok(s.clone());
         }
         if names::looks_like_id(name_or_id) {

@@ -19,27 +19,43 @@ use tracing::info;
 
 use crate::error::ManagerError;
 
-pub fn prepare(path: &Path, boot: &Boot, memory_mib: u32, metrics: &crate::metrics::Metrics) -> Result<(), ManagerError> {
+pub fn prepare(
+    path: &Path,
+    boot: &Boot,
+    memory_mib: u32,
+    metrics: &crate::metrics::Metrics,
+) -> Result<(), ManagerError> {
     let bytes = u64::from(memory_mib) << 20;
     match boot {
         Boot::Fresh => unlink(path).and_then(|()| reserve(path, bytes)),
         // The saved state carries the RAM: the load fills a brand-new file.
-        Boot::Restore { mapping: MemoryMapping::Shared, ram_in_state: true, .. } => {
-            unlink(path).and_then(|()| reserve(path, bytes))
-        }
-        Boot::Restore { mapping: MemoryMapping::Shared, ram_in_state: false, .. } => {
+        Boot::Restore {
+            mapping: MemoryMapping::Shared,
+            ram_in_state: true,
+            ..
+        } => unlink(path).and_then(|()| reserve(path, bytes)),
+        Boot::Restore {
+            mapping: MemoryMapping::Shared,
+            ram_in_state: false,
+            ..
+        } => {
             let outcome = tine_storage::ensure_exclusive(path)
                 .map_err(|e| ManagerError::Failed(crate::error::chain(&e)))?;
             info!(path = %path.display(), ?outcome, "memory file made exclusive before a shared mapping");
             if let tine_storage::UnshareAction::Unshared { fallback, .. } = &outcome.action {
-                metrics.unshares.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics
+                    .unshares
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if let Some(f) = fallback {
                     metrics.fallback(f.errno.name);
                 }
             }
             reserve(path, bytes)
         }
-        Boot::Restore { mapping: MemoryMapping::Private, .. } => Ok(()),
+        Boot::Restore {
+            mapping: MemoryMapping::Private,
+            ..
+        } => Ok(()),
     }
 }
 
@@ -54,7 +70,14 @@ fn reserve(path: &Path, bytes: u64) -> Result<(), ManagerError> {
         .open(path)
         .map_err(|e| ManagerError::io(format!("create memory file {}", path.display()), e))?;
     rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, bytes).map_err(|e| {
-        ManagerError::io(format!("reserve {} MiB for memory file {}", bytes >> 20, path.display()), e.into())
+        ManagerError::io(
+            format!(
+                "reserve {} MiB for memory file {}",
+                bytes >> 20,
+                path.display()
+            ),
+            e.into(),
+        )
     })
 }
 
@@ -63,6 +86,9 @@ fn unlink(path: &Path) -> Result<(), ManagerError> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(ManagerError::io(format!("remove old memory file {}", path.display()), e)),
+        Err(e) => Err(ManagerError::io(
+            format!("remove old memory file {}", path.display()),
+            e,
+        )),
     }
 }

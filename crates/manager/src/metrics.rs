@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// Upper bounds (seconds) of the fork latency histogram buckets.
-const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 #[derive(Default)]
 pub struct Histogram {
@@ -31,11 +33,20 @@ impl Histogram {
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{b}\"}} {}", self.counts[i].load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}le=\"{b}\"}} {}",
+                self.counts[i].load(Ordering::Relaxed)
+            );
         }
         let n = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {n}");
-        let _ = writeln!(out, "{name}_sum{{{}}} {}", labels.trim_end_matches(','), self.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{}}} {}",
+            labels.trim_end_matches(','),
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(out, "{name}_count{{{}}} {n}", labels.trim_end_matches(','));
     }
 }
@@ -70,22 +81,60 @@ impl Metrics {
         let c = |o: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         };
-        c(&mut o, "tine_forks_total", "Forks attempted.", self.forks.load(Ordering::Relaxed));
-        c(&mut o, "tine_forks_failed_total", "Forks that failed (and were removed).", self.forks_failed.load(Ordering::Relaxed));
-        c(&mut o, "tine_pool_hits_total", "Forks served by a warm pool entry.", self.pool_hits.load(Ordering::Relaxed));
-        c(&mut o, "tine_pool_misses_total", "Forks of a pooled source that found the pool empty.", self.pool_misses.load(Ordering::Relaxed));
-        c(&mut o, "tine_unshares_total", "Memory files given a private copy before a write.", self.unshares.load(Ordering::Relaxed));
+        c(
+            &mut o,
+            "tine_forks_total",
+            "Forks attempted.",
+            self.forks.load(Ordering::Relaxed),
+        );
+        c(
+            &mut o,
+            "tine_forks_failed_total",
+            "Forks that failed (and were removed).",
+            self.forks_failed.load(Ordering::Relaxed),
+        );
+        c(
+            &mut o,
+            "tine_pool_hits_total",
+            "Forks served by a warm pool entry.",
+            self.pool_hits.load(Ordering::Relaxed),
+        );
+        c(
+            &mut o,
+            "tine_pool_misses_total",
+            "Forks of a pooled source that found the pool empty.",
+            self.pool_misses.load(Ordering::Relaxed),
+        );
+        c(
+            &mut o,
+            "tine_unshares_total",
+            "Memory files given a private copy before a write.",
+            self.unshares.load(Ordering::Relaxed),
+        );
         let _ = writeln!(o, "# HELP tine_memory_shares_total Memory files shared with a fork, by method.\n# TYPE tine_memory_shares_total counter");
-        let _ = writeln!(o, "tine_memory_shares_total{{method=\"link\"}} {}", self.shares_linked.load(Ordering::Relaxed));
-        let _ = writeln!(o, "tine_memory_shares_total{{method=\"copy\"}} {}", self.shares_copied.load(Ordering::Relaxed));
+        let _ = writeln!(
+            o,
+            "tine_memory_shares_total{{method=\"link\"}} {}",
+            self.shares_linked.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "tine_memory_shares_total{{method=\"copy\"}} {}",
+            self.shares_copied.load(Ordering::Relaxed)
+        );
         let _ = writeln!(o, "# HELP tine_storage_fallbacks_total Link/reflink fallbacks, by errno.\n# TYPE tine_storage_fallbacks_total counter");
         for (reason, n) in self.fallbacks.lock().expect("fallbacks").iter() {
             let _ = writeln!(o, "tine_storage_fallbacks_total{{reason=\"{reason}\"}} {n}");
         }
         let _ = writeln!(o, "# HELP tine_fork_seconds Fork latency from request to vCPUs running / agent ready.\n# TYPE tine_fork_seconds histogram");
-        self.fork_running.render(&mut o, "tine_fork_seconds", "stage=\"running\",");
-        self.fork_ready.render(&mut o, "tine_fork_seconds", "stage=\"ready\",");
-        let _ = writeln!(o, "# HELP tine_instances Instances by state.\n# TYPE tine_instances gauge");
+        self.fork_running
+            .render(&mut o, "tine_fork_seconds", "stage=\"running\",");
+        self.fork_ready
+            .render(&mut o, "tine_fork_seconds", "stage=\"ready\",");
+        let _ = writeln!(
+            o,
+            "# HELP tine_instances Instances by state.\n# TYPE tine_instances gauge"
+        );
         for (state, n) in states {
             let _ = writeln!(o, "tine_instances{{state=\"{state}\"}} {n}");
         }

@@ -4,7 +4,9 @@
 /// `[a-z0-9][a-z0-9_.-]{0,62}`
 pub fn validate_name(name: &str) -> Result<(), String> {
     let bytes = name.as_bytes();
-    let ok_first = bytes.first().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let ok_first = bytes
+        .first()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     let ok_rest = bytes[1.min(bytes.len())..]
         .iter()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'));
@@ -40,7 +42,18 @@ mod tests {
 
     #[test]
     fn path_like_and_malformed_names_are_refused() {
-        for n in ["", "..", "../x", "a/b", "-a", ".a", "A", "a b", &"a".repeat(64), "é"] {
+        for n in [
+            "",
+            "..",
+            "../x",
+            "a/b",
+            "-a",
+            ".a",
+            "A",
+            "a b",
+            &"a".repeat(64),
+            "é",
+        ] {
             assert!(validate_name(n).is_err(), "{n}");
         }
     }

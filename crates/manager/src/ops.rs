@@ -27,7 +27,12 @@ impl Manager {
         let memory_mib = req.memory_mib.unwrap_or(256);
         let vcpus = req.vcpus.unwrap_or(1);
         validate_size(memory_mib, vcpus)?;
-        let _ticket = self.admit(crate::admission::Demand { what: "run", count: 1, memory_mib, vcpus })?;
+        let _ticket = self.admit(crate::admission::Demand {
+            what: "run",
+            count: 1,
+            memory_mib,
+            vcpus,
+        })?;
         let image_name = req.image.clone().unwrap_or_else(|| "default".into());
         let image = image::load(&self.cfg.images_dir, &image_name)?;
         self.hv.check()?;

@@ -88,7 +88,13 @@ impl Manager {
     }
 
     pub fn pools(&self) -> Vec<PoolInfo> {
-        let pools: Vec<Arc<Pool>> = self.pools.lock().expect("pools").values().cloned().collect();
+        let pools: Vec<Arc<Pool>> = self
+            .pools
+            .lock()
+            .expect("pools")
+            .values()
+            .cloned()
+            .collect();
         pools.iter().map(|p| self.pool_info(p)).collect()
     }
 
@@ -101,7 +107,11 @@ impl Manager {
             )));
         }
         // The source must be forkable now (fails early with a clear error).
-        let probe = ForkRequest { source: spec.source.clone(), from: spec.from, ..Default::default() };
+        let probe = ForkRequest {
+            source: spec.source.clone(),
+            from: spec.from,
+            ..Default::default()
+        };
         let (base, _) = self.fork_base(&probe).await?;
         drop(base);
         let id = pool_id(spec.from, &spec.source);
@@ -123,7 +133,11 @@ impl Manager {
         Ok(self.pool_info(&pool))
     }
 
-    pub async fn pool_remove(self: &Arc<Self>, from: ForkFrom, source: &str) -> Result<PoolInfo, ManagerError> {
+    pub async fn pool_remove(
+        self: &Arc<Self>,
+        from: ForkFrom,
+        source: &str,
+    ) -> Result<PoolInfo, ManagerError> {
         let pool = self
             .pools
             .lock()
@@ -138,7 +152,12 @@ impl Manager {
 
     /// Drop every pool built on `source` (it changed or is going away).
     pub(crate) async fn pool_invalidate(self: &Arc<Self>, from: ForkFrom, source: &str) {
-        let pool = self.pools.lock().expect("pools").get(&pool_id(from, source)).cloned();
+        let pool = self
+            .pools
+            .lock()
+            .expect("pools")
+            .get(&pool_id(from, source))
+            .cloned();
         if let Some(pool) = pool {
             self.drain(&pool).await;
             *pool.key.lock().expect("key") = None;
@@ -153,7 +172,13 @@ impl Manager {
     }
 
     fn save_pools(&self) -> Result<(), ManagerError> {
-        let specs: Vec<PoolSpec> = self.pools.lock().expect("pools").values().map(|p| p.spec.clone()).collect();
+        let specs: Vec<PoolSpec> = self
+            .pools
+            .lock()
+            .expect("pools")
+            .values()
+            .map(|p| p.spec.clone())
+            .collect();
         let bytes = serde_json::to_vec_pretty(&specs).expect("pools serialize");
         tine_storage::write_atomic(&self.cfg.data_dir.join(POOLS_FILE), &bytes)
             .map_err(|e| ManagerError::io("save pools.json", e))
@@ -161,7 +186,9 @@ impl Manager {
 
     /// Re-create the pools of a previous daemon run.
     pub(crate) fn load_pools(self: &Arc<Self>) {
-        let Ok(bytes) = std::fs::read(self.cfg.data_dir.join(POOLS_FILE)) else { return };
+        let Ok(bytes) = std::fs::read(self.cfg.data_dir.join(POOLS_FILE)) else {
+            return;
+        };
         let specs: Vec<PoolSpec> = match serde_json::from_slice(&bytes) {
             Ok(s) => s,
             Err(e) => {
@@ -188,8 +215,15 @@ impl Manager {
         tokio::spawn(async move {
             loop {
                 let have = pool.entries.lock().expect("pool").len();
-                let current = mgr.pools.lock().expect("pools").get(&pool_id(pool.spec.from, &pool.spec.source)).cloned();
-                if have >= pool.spec.size as usize || !current.is_some_and(|c| Arc::ptr_eq(&c, &pool)) {
+                let current = mgr
+                    .pools
+                    .lock()
+                    .expect("pools")
+                    .get(&pool_id(pool.spec.from, &pool.spec.source))
+                    .cloned();
+                if have >= pool.spec.size as usize
+                    || !current.is_some_and(|c| Arc::ptr_eq(&c, &pool))
+                {
                     break;
                 }
                 if let Err(e) = mgr.prefill_one(&pool).await {
@@ -202,10 +236,16 @@ impl Manager {
     }
 
     async fn prefill_one(self: &Arc<Self>, pool: &Arc<Pool>) -> Result<(), ManagerError> {
-        let req = ForkRequest { source: pool.spec.source.clone(), from: pool.spec.from, ..Default::default() };
+        let req = ForkRequest {
+            source: pool.spec.source.clone(),
+            from: pool.spec.from,
+            ..Default::default()
+        };
         let (base, _) = self.fork_base(&req).await?;
         if !base.has_state {
-            return Err(ManagerError::InvalidArgument("a pool needs a source with memory (standby kind)".into()));
+            return Err(ManagerError::InvalidArgument(
+                "a pool needs a source with memory (standby kind)".into(),
+            ));
         }
         let stale = {
             let mut key = pool.key.lock().expect("key");
@@ -220,7 +260,13 @@ impl Manager {
         let image = image::load(&self.cfg.images_dir, &base.image)?;
         let id = names::new_id();
         let network = self.network_lease_if(base.network, &id)?;
-        let record = base.new_record(id.clone(), format!("pool-{id}"), MemoryMapping::Private, true, network.clone());
+        let record = base.new_record(
+            id.clone(),
+            format!("pool-{id}"),
+            MemoryMapping::Private,
+            true,
+            network.clone(),
+        );
         let slot = match self.reserve(record) {
             Ok(s) => s,
             Err(e) => {
@@ -262,9 +308,18 @@ impl Manager {
     /// Take a ready entry made from `base`, if any (a miss triggers nothing
     /// but the count; every take triggers a refill).
     pub(crate) fn pool_take(self: &Arc<Self>, base: &Base) -> Option<(Arc<Slot>, VmProcess, Boot)> {
-        let pool = self.pools.lock().expect("pools").get(&pool_id(base.from, &base.source)).cloned()?;
+        let pool = self
+            .pools
+            .lock()
+            .expect("pools")
+            .get(&pool_id(base.from, &base.source))
+            .cloned()?;
         let fresh = pool.key.lock().expect("key").as_deref() == Some(base.key.as_str());
-        let taken = if fresh { pool.entries.lock().expect("pool").pop() } else { None };
+        let taken = if fresh {
+            pool.entries.lock().expect("pool").pop()
+        } else {
+            None
+        };
         match &taken {
             Some(_) => {
                 pool.hits.fetch_add(1, Ordering::Relaxed);
@@ -318,7 +373,17 @@ impl Manager {
             return Err((slot.clone(), e));
         }
         info!(name, taken_ms, running_ms, "fork claimed a warm pool entry");
-        match self.finish_boot(&slot, proc, t0, running_ms, Some(crate::agent::Identity::new(name)), true).await {
+        match self
+            .finish_boot(
+                &slot,
+                proc,
+                t0,
+                running_ms,
+                Some(crate::agent::Identity::new(name)),
+                true,
+            )
+            .await
+        {
             Ok(times) => Ok((slot.clone(), times)),
             Err(e) => Err((slot.clone(), e)),
         }

@@ -88,11 +88,20 @@ impl InstanceRecord {
     pub fn load(dir: &Path) -> Result<InstanceRecord, RecordError> {
         let path = dir.join(RECORD_FILE);
         let p = path.display().to_string();
-        let meta = std::fs::metadata(&path).map_err(|e| RecordError::Read { path: p.clone(), source: e })?;
+        let meta = std::fs::metadata(&path).map_err(|e| RecordError::Read {
+            path: p.clone(),
+            source: e,
+        })?;
         if meta.len() > MAX_RECORD_BYTES {
-            return Err(RecordError::TooLarge { path: p, size: meta.len() });
+            return Err(RecordError::TooLarge {
+                path: p,
+                size: meta.len(),
+            });
         }
-        let bytes = std::fs::read(&path).map_err(|e| RecordError::Read { path: p.clone(), source: e })?;
+        let bytes = std::fs::read(&path).map_err(|e| RecordError::Read {
+            path: p.clone(),
+            source: e,
+        })?;
         Self::decode(&bytes, &p)
     }
 
@@ -101,12 +110,20 @@ impl InstanceRecord {
         struct Version {
             schema: u32,
         }
-        let v: Version = serde_json::from_slice(bytes)
-            .map_err(|e| RecordError::Malformed { path: path.into(), source: e })?;
+        let v: Version = serde_json::from_slice(bytes).map_err(|e| RecordError::Malformed {
+            path: path.into(),
+            source: e,
+        })?;
         if v.schema != SCHEMA {
-            return Err(RecordError::Schema { path: path.into(), found: v.schema });
+            return Err(RecordError::Schema {
+                path: path.into(),
+                found: v.schema,
+            });
         }
-        serde_json::from_slice(bytes).map_err(|e| RecordError::Malformed { path: path.into(), source: e })
+        serde_json::from_slice(bytes).map_err(|e| RecordError::Malformed {
+            path: path.into(),
+            source: e,
+        })
     }
 
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
@@ -130,7 +147,10 @@ mod tests {
             vcpus: 1,
             accel: Accel::Tcg,
             created_at: 1,
-            process: Some(VmProcess { pid: 42, start_time: 7 }),
+            process: Some(VmProcess {
+                pid: 42,
+                start_time: 7,
+            }),
             error: None,
             boot_ms: Some(1200.5),
             memory: MemoryMapping::Private,

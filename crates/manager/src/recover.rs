@@ -41,7 +41,10 @@ pub(crate) async fn load_all(mgr: &Arc<Manager>) -> Result<(), ManagerError> {
             }
         };
         if rec.state == State::Created {
-            warn!(name = rec.name, "removing an instance whose creation never finished");
+            warn!(
+                name = rec.name,
+                "removing an instance whose creation never finished"
+            );
             if let Some(p) = rec.process {
                 tine_hypervisor::qemu::kill(&p);
             }
@@ -62,7 +65,10 @@ pub(crate) async fn load_all(mgr: &Arc<Manager>) -> Result<(), ManagerError> {
             continue;
         }
         if rec.state.has_process() && !alive {
-            warn!(name = rec.name, "VM process exited while the daemon was down");
+            warn!(
+                name = rec.name,
+                "VM process exited while the daemon was down"
+            );
             slot.update(|r| {
                 r.state = State::Error;
                 r.process = None;
@@ -97,16 +103,26 @@ pub(crate) async fn load_all(mgr: &Arc<Manager>) -> Result<(), ManagerError> {
 
 /// A standby the daemon did not finish: complete it if QEMU already exited
 /// after the state was durable (new state), else resume the VM (old state).
-async fn settle_standby(mgr: &Arc<Manager>, slot: &Arc<Slot>, alive: bool) -> Result<(), ManagerError> {
+async fn settle_standby(
+    mgr: &Arc<Manager>,
+    slot: &Arc<Slot>,
+    alive: bool,
+) -> Result<(), ManagerError> {
     let rec = slot.record();
     let state_file = slot.dir.join(crate::ops::STATE_FILE);
     match (alive, state_file.is_file()) {
         (false, true) => {
-            info!(name = rec.name, "completing a standby interrupted after QEMU stopped");
+            info!(
+                name = rec.name,
+                "completing a standby interrupted after QEMU stopped"
+            );
             crate::standby::finish_standby(slot)
         }
         (true, _) => {
-            info!(name = rec.name, "resuming a VM whose standby was interrupted");
+            info!(
+                name = rec.name,
+                "resuming a VM whose standby was interrupted"
+            );
             mgr.undo_standby(slot, rec.state).await;
             if let Some(p) = rec.process {
                 mgr.watch(slot.clone(), p);

@@ -125,7 +125,13 @@ pub(crate) struct SnapSlot {
 
 impl SnapSlot {
     pub(crate) fn new(dir: PathBuf, rec: SnapshotRecord) -> SnapSlot {
-        SnapSlot { id: rec.id.clone(), dir, op: Arc::new(RwLock::new(())), rec: Mutex::new(rec), job: Mutex::new(None) }
+        SnapSlot {
+            id: rec.id.clone(),
+            dir,
+            op: Arc::new(RwLock::new(())),
+            rec: Mutex::new(rec),
+            job: Mutex::new(None),
+        }
     }
 
     pub(crate) fn record(&self) -> SnapshotRecord {
@@ -157,7 +163,10 @@ impl SnapSlot {
         if raw.exists() || !zst.exists() {
             return Ok(());
         }
-        info!(snapshot = self.record().name, "decompressing memory file for use");
+        info!(
+            snapshot = self.record().name,
+            "decompressing memory file for use"
+        );
         tokio::task::spawn_blocking(move || compress::decompress(&zst, &raw))
             .await
             .map_err(|e| ManagerError::Failed(format!("decompress task: {e}")))?
@@ -173,23 +182,37 @@ pub(crate) fn save(dir: &Path, rec: &SnapshotRecord) -> Result<(), ManagerError>
 
 pub(crate) fn load(dir: &Path) -> Result<SnapshotRecord, ManagerError> {
     let path = dir.join(SNAPSHOT_RECORD);
-    let meta = std::fs::metadata(&path).map_err(|e| ManagerError::io(format!("read {}", path.display()), e))?;
+    let meta = std::fs::metadata(&path)
+        .map_err(|e| ManagerError::io(format!("read {}", path.display()), e))?;
     if meta.len() > 1 << 20 {
-        return Err(ManagerError::Failed(format!("{} is too large", path.display())));
+        return Err(ManagerError::Failed(format!(
+            "{} is too large",
+            path.display()
+        )));
     }
-    let bytes = std::fs::read(&path).map_err(|e| ManagerError::io(format!("read {}", path.display()), e))?;
+    let bytes = std::fs::read(&path)
+        .map_err(|e| ManagerError::io(format!("read {}", path.display()), e))?;
     let v: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| ManagerError::Failed(format!("{} is malformed: {e}", path.display())))?;
     if v.get("schema").and_then(|s| s.as_u64()) != Some(SNAPSHOT_SCHEMA as u64) {
-        return Err(ManagerError::Failed(format!("{} has an unsupported schema", path.display())));
+        return Err(ManagerError::Failed(format!(
+            "{} has an unsupported schema",
+            path.display()
+        )));
     }
-    serde_json::from_value(v).map_err(|e| ManagerError::Failed(format!("{} is malformed: {e}", path.display())))
+    serde_json::from_value(v)
+        .map_err(|e| ManagerError::Failed(format!("{} is malformed: {e}", path.display())))
 }
 
 fn disk_bytes(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::read_dir(dir)
-        .map(|it| it.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.blocks() * 512).sum())
+        .map(|it| {
+            it.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.blocks() * 512)
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -198,7 +221,11 @@ impl Manager {
         self.cfg.data_dir.join("snapshots")
     }
 
-    pub(crate) fn snap(&self, name_or_id: &str, template: bool) -> Result<Arc<SnapSlot>, ManagerError> {
+    pub(crate) fn snap(
+        &self,
+        name_or_id: &str,
+        template: bool,
+    ) -> Result<Arc<SnapSlot>, ManagerError> {
         let snaps = self.snaps.read().expect("snaps");
         let found = snaps
             .values()
@@ -215,8 +242,17 @@ impl Manager {
 
     fn snap_info(&self, s: &SnapSlot) -> SnapshotInfo {
         let record = s.record();
-        let forks = if record.template { self.template_forks(&record.id) } else { 0 };
-        SnapshotInfo { forks, disk_bytes: disk_bytes(&s.dir), dir: s.dir.clone(), record }
+        let forks = if record.template {
+            self.template_forks(&record.id)
+        } else {
+            0
+        };
+        SnapshotInfo {
+            forks,
+            disk_bytes: disk_bytes(&s.dir),
+            dir: s.dir.clone(),
+            record,
+        }
     }
 
     pub(crate) fn template_forks(&self, template_id: &str) -> usize {
@@ -231,10 +267,21 @@ impl Manager {
     }
 
     pub fn snapshots(&self, templates: bool) -> Vec<SnapshotInfo> {
-        let snaps: Vec<Arc<SnapSlot>> = self.snaps.read().expect("snaps").values().cloned().collect();
-        let mut v: Vec<SnapshotInfo> =
-            snaps.iter().map(|s| self.snap_info(s)).filter(|i| i.record.template == templates).collect();
-        v.sort_by(|a, b| (a.record.created_at, &a.record.name).cmp(&(b.record.created_at, &b.record.name)));
+        let snaps: Vec<Arc<SnapSlot>> = self
+            .snaps
+            .read()
+            .expect("snaps")
+            .values()
+            .cloned()
+            .collect();
+        let mut v: Vec<SnapshotInfo> = snaps
+            .iter()
+            .map(|s| self.snap_info(s))
+            .filter(|i| i.record.template == templates)
+            .collect();
+        v.sort_by(|a, b| {
+            (a.record.created_at, &a.record.name).cmp(&(b.record.created_at, &b.record.name))
+        });
         v
     }
 
@@ -243,7 +290,10 @@ impl Manager {
         Ok(self.snap_info(&snap))
     }
 
-    pub async fn snapshot_create(self: &Arc<Self>, req: SnapshotRequest) -> Result<SnapshotInfo, ManagerError> {
+    pub async fn snapshot_create(
+        self: &Arc<Self>,
+        req: SnapshotRequest,
+    ) -> Result<SnapshotInfo, ManagerError> {
         self.snapshot_create_inner(req, false).await
     }
 
@@ -255,7 +305,9 @@ impl Manager {
         names::validate_name(&req.name).map_err(ManagerError::InvalidArgument)?;
         if let Some(level) = req.compress {
             if !(1..=19).contains(&level) {
-                return Err(ManagerError::InvalidArgument(format!("zstd level {level} is out of range (1..=19)")));
+                return Err(ManagerError::InvalidArgument(format!(
+                    "zstd level {level} is out of range (1..=19)"
+                )));
             }
         }
         if self.snap(&req.name, template).is_ok() {
@@ -264,7 +316,10 @@ impl Manager {
         let slot = self.slot(&req.instance)?;
         let _g = slot.op.lock().await;
         let rec = slot.record();
-        self.check_disk(&format!("snapshot of {}", rec.name), self.capture_bytes(&slot.dir, &rec, req.kind))?;
+        self.check_disk(
+            &format!("snapshot of {}", rec.name),
+            self.capture_bytes(&slot.dir, &rec, req.kind),
+        )?;
         let id = names::new_id();
         let final_dir = self.snapshots_dir().join(&id);
         let staging = self.snapshots_dir().join(format!("{id}.tmp"));
@@ -287,15 +342,19 @@ impl Manager {
                 compression: Compression::default(),
                 network: rec.network.is_some(),
                 state_digest: match staging.join(crate::ops::STATE_FILE).exists() {
-                    true => Some(crate::integrity::digest(&staging.join(crate::ops::STATE_FILE))?),
+                    true => Some(crate::integrity::digest(
+                        &staging.join(crate::ops::STATE_FILE),
+                    )?),
                     false => None,
                 },
             };
             crate::failpoint::hit("snapshot-captured", &req.name)?;
             sync_tree(&staging)?;
             save(&staging, &record)?;
-            std::fs::rename(&staging, &final_dir).map_err(|e| ManagerError::io("move snapshot into place", e))?;
-            tine_storage::sync_dir(&self.snapshots_dir()).map_err(|e| ManagerError::io("fsync snapshots", e))?;
+            std::fs::rename(&staging, &final_dir)
+                .map_err(|e| ManagerError::io("move snapshot into place", e))?;
+            tine_storage::sync_dir(&self.snapshots_dir())
+                .map_err(|e| ManagerError::io("fsync snapshots", e))?;
             Ok::<_, ManagerError>(record)
         }
         .await;
@@ -307,8 +366,16 @@ impl Manager {
             }
         };
         let snap = Arc::new(SnapSlot::new(final_dir, record));
-        self.snaps.write().expect("snaps").insert(snap.id.clone(), snap.clone());
-        info!(snapshot = req.name, instance = rec.name, template, "snapshot created");
+        self.snaps
+            .write()
+            .expect("snaps")
+            .insert(snap.id.clone(), snap.clone());
+        info!(
+            snapshot = req.name,
+            instance = rec.name,
+            template,
+            "snapshot created"
+        );
         if let Some(level) = req.compress {
             self.start_compression(snap.clone(), level)?;
         }
@@ -318,18 +385,27 @@ impl Manager {
     fn start_compression(&self, snap: Arc<SnapSlot>, level: i32) -> Result<(), ManagerError> {
         let raw = snap.dir.join(MEMORY_FILE);
         if !raw.exists() {
-            return Err(ManagerError::InvalidArgument("this snapshot has no memory file to compress".into()));
+            return Err(ManagerError::InvalidArgument(
+                "this snapshot has no memory file to compress".into(),
+            ));
         }
         let raw_bytes = std::fs::metadata(&raw).ok().map(|m| m.len());
         snap.update(|r| {
-            r.compression = Compression { state: CompressState::Compressing, level: Some(level), raw_bytes, ..Default::default() }
+            r.compression = Compression {
+                state: CompressState::Compressing,
+                level: Some(level),
+                raw_bytes,
+                ..Default::default()
+            }
         })?;
         let cancel = Arc::new(AtomicBool::new(false));
         let (c, s) = (cancel.clone(), snap.clone());
         let handle = tokio::spawn(async move {
             let (src, dst) = (s.dir.join(MEMORY_FILE), s.dir.join(MEMORY_ZST));
             let c2 = c.clone();
-            let res = tokio::task::spawn_blocking(move || compress::compress(&src, &dst, level, &c2)).await;
+            let res =
+                tokio::task::spawn_blocking(move || compress::compress(&src, &dst, level, &c2))
+                    .await;
             let outcome = match res {
                 Ok(Ok(bytes)) => {
                     // Compressed copy is durable: drop our link to the raw file.
@@ -367,9 +443,17 @@ impl Manager {
         Ok(self.snap_info(&snap))
     }
 
-    pub async fn snapshot_remove(self: &Arc<Self>, name: &str, template: bool) -> Result<SnapshotInfo, ManagerError> {
+    pub async fn snapshot_remove(
+        self: &Arc<Self>,
+        name: &str,
+        template: bool,
+    ) -> Result<SnapshotInfo, ManagerError> {
         let snap = self.snap(name, template)?;
-        let from = if template { crate::ForkFrom::Template } else { crate::ForkFrom::Snapshot };
+        let from = if template {
+            crate::ForkFrom::Template
+        } else {
+            crate::ForkFrom::Snapshot
+        };
         let rec = snap.record();
         self.pool_invalidate(from, &rec.name).await;
         self.pool_invalidate(from, &rec.id).await;
@@ -378,7 +462,10 @@ impl Manager {
         if template && info.forks > 0 {
             return Err(ManagerError::Busy {
                 name: name.into(),
-                detail: format!("{} live forks share its memory; remove them first", info.forks),
+                detail: format!(
+                    "{} live forks share its memory; remove them first",
+                    info.forks
+                ),
             });
         }
         snap.cancel_compression().await;
@@ -389,7 +476,10 @@ impl Manager {
 
     /// `tine template promote`: a standby instance becomes a template (its
     /// files move into the store by link; the instance is removed).
-    pub async fn template_promote(self: &Arc<Self>, instance: &str) -> Result<SnapshotInfo, ManagerError> {
+    pub async fn template_promote(
+        self: &Arc<Self>,
+        instance: &str,
+    ) -> Result<SnapshotInfo, ManagerError> {
         let rec = self.slot(instance)?.record();
         if rec.state != State::Standby {
             return Err(ManagerError::InvalidArgument(format!(
@@ -397,7 +487,11 @@ impl Manager {
                 rec.name, rec.state
             )));
         }
-        let req = SnapshotRequest { instance: rec.name.clone(), name: rec.name.clone(), ..Default::default() };
+        let req = SnapshotRequest {
+            instance: rec.name.clone(),
+            name: rec.name.clone(),
+            ..Default::default()
+        };
         let info = self.snapshot_create_inner(req, true).await?;
         self.remove(&rec.name, false).await?;
         self.snapshot(&info.record.name, true)
@@ -405,7 +499,11 @@ impl Manager {
 
     /// Replace a stopped/standby instance's state with a snapshot's, or
     /// create a new instance (in standby) from it.
-    pub async fn snapshot_restore(self: &Arc<Self>, name: &str, into: &str) -> Result<crate::InstanceInfo, ManagerError> {
+    pub async fn snapshot_restore(
+        self: &Arc<Self>,
+        name: &str,
+        into: &str,
+    ) -> Result<crate::InstanceInfo, ManagerError> {
         let snap = self.snap(name, false)?;
         if self.slot(into).is_err() {
             let target = match snap.record().kind {
@@ -421,7 +519,9 @@ impl Manager {
             };
             let report = self.fork(req).await?;
             let f = report.forks.into_iter().next().expect("one fork");
-            return f.instance.ok_or_else(|| ManagerError::Failed(f.error.unwrap_or_default()));
+            return f
+                .instance
+                .ok_or_else(|| ManagerError::Failed(f.error.unwrap_or_default()));
         }
         self.replace_state(&snap, into).await
     }
@@ -429,7 +529,10 @@ impl Manager {
 
 /// fsync every file in a directory, then the directory.
 pub(crate) fn sync_tree(dir: &Path) -> Result<(), ManagerError> {
-    for e in std::fs::read_dir(dir).map_err(|e| ManagerError::io("read staging", e))?.flatten() {
+    for e in std::fs::read_dir(dir)
+        .map_err(|e| ManagerError::io("read staging", e))?
+        .flatten()
+    {
         if e.file_type().is_ok_and(|t| t.is_file()) {
             std::fs::File::open(e.path())
                 .and_then(|f| f.sync_all())
@@ -444,7 +547,10 @@ pub(crate) fn sync_tree(dir: &Path) -> Result<(), ManagerError> {
 pub(crate) fn load_store(dir: &Path) -> Result<HashMap<String, Arc<SnapSlot>>, ManagerError> {
     crate::ops::create_private_dir(dir)?;
     let mut out = HashMap::new();
-    for e in std::fs::read_dir(dir).map_err(|e| ManagerError::io("read snapshots directory", e))?.flatten() {
+    for e in std::fs::read_dir(dir)
+        .map_err(|e| ManagerError::io("read snapshots directory", e))?
+        .flatten()
+    {
         let path = e.path();
         if tine_storage::is_temp_name(&e.file_name()) {
             let _ = remove_dir(&path);

@@ -36,10 +36,18 @@ impl Manager {
     ///    `vmstate` (a crash before: the VM is resumed, old state);
     /// 3. stop QEMU (a crash before: resumed; after: the standby completes);
     /// 4. settle the memory file, digest the state, record Standby.
-    pub(crate) async fn standby_locked(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<(), ManagerError> {
+    pub(crate) async fn standby_locked(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+    ) -> Result<(), ManagerError> {
         let rec = slot.record();
-        let proc = rec.process.ok_or_else(|| ManagerError::Failed("no VM process recorded".into()))?;
-        self.check_disk(&format!("standby of {}", rec.name), Self::standby_bytes(&rec))?;
+        let proc = rec
+            .process
+            .ok_or_else(|| ManagerError::Failed("no VM process recorded".into()))?;
+        self.check_disk(
+            &format!("standby of {}", rec.name),
+            Self::standby_bytes(&rec),
+        )?;
         let t0 = Instant::now();
         if rec.state == State::Running {
             // Durable guest disk first: the overlay is part of what we park.
@@ -48,7 +56,11 @@ impl Manager {
         slot.update(|r| r.pending_standby = true)?;
         // A privately mapped VM (a fork) has its RAM in no file: it goes
         // into the state, and the link to the shared inode is dropped later.
-        let ram = if rec.memory == MemoryMapping::Private { RamSave::InState } else { RamSave::InMemoryFile };
+        let ram = if rec.memory == MemoryMapping::Private {
+            RamSave::InState
+        } else {
+            RamSave::InMemoryFile
+        };
         let tmp = slot.dir.join(STATE_TMP);
         let saved = async {
             let report = self.hv.save_state(&slot.dir, &tmp, ram).await?;
@@ -69,7 +81,9 @@ impl Manager {
             }
         };
         crate::failpoint::hit("standby-renamed", &rec.name)?;
-        self.hv.stop(&slot.dir, &proc, Duration::from_secs(10)).await?;
+        self.hv
+            .stop(&slot.dir, &proc, Duration::from_secs(10))
+            .await?;
         slot.agent.reset().await;
         crate::failpoint::hit("standby-stopped", &rec.name)?;
         finish_standby(slot)?;
@@ -108,11 +122,16 @@ impl Manager {
     /// Restore with the op lock held. An instance that owns its RAM file maps
     /// it shared, so `memfile::prepare` makes it exclusive first (forks keep
     /// their inode); a fork maps its shared file privately (copy-on-write).
-    pub(crate) async fn restore_locked(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<(), ManagerError> {
+    pub(crate) async fn restore_locked(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+    ) -> Result<(), ManagerError> {
         let rec = slot.record();
         // Warm forks of this parked state would outlive it: drop them.
-        self.pool_invalidate(crate::ForkFrom::Instance, &rec.name).await;
-        self.pool_invalidate(crate::ForkFrom::Instance, &rec.id).await;
+        self.pool_invalidate(crate::ForkFrom::Instance, &rec.name)
+            .await;
+        self.pool_invalidate(crate::ForkFrom::Instance, &rec.id)
+            .await;
         let state_file = slot.dir.join(STATE_FILE);
         if !state_file.is_file() || (!rec.ram_in_state && !slot.dir.join(MEMORY_FILE).is_file()) {
             return Err(ManagerError::Failed(format!(
@@ -126,7 +145,11 @@ impl Manager {
         }
         let _ticket = self.admit_instance("restore", &rec)?;
         let image = image::load(&self.cfg.images_dir, &rec.image)?;
-        let boot = Boot::Restore { state_file: state_file.clone(), mapping: rec.memory, ram_in_state: rec.ram_in_state };
+        let boot = Boot::Restore {
+            state_file: state_file.clone(),
+            mapping: rec.memory,
+            ram_in_state: rec.ram_in_state,
+        };
         if let Err(e) = self.boot(slot, &image, boot, None).await {
             if slot.record().process.is_some() {
                 // The guest ran: its memory file moved on, the parked state is gone.

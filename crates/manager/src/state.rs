@@ -123,8 +123,14 @@ pub fn check(state: State, op: Op) -> Result<Option<State>, IllegalTransition> {
 mod tests {
     use super::*;
 
-    const ALL_STATES: [State; 6] =
-        [State::Created, State::Running, State::Paused, State::Standby, State::Stopped, State::Error];
+    const ALL_STATES: [State; 6] = [
+        State::Created,
+        State::Running,
+        State::Paused,
+        State::Standby,
+        State::Stopped,
+        State::Error,
+    ];
     const ALL_OPS: [Op; 9] = [
         Op::Start,
         Op::Stop,
@@ -150,20 +156,27 @@ mod tests {
 
     #[test]
     fn exec_is_legal_only_while_running() {
-        let legal: Vec<State> =
-            ALL_STATES.into_iter().filter(|s| check(*s, Op::Exec).is_ok()).collect();
+        let legal: Vec<State> = ALL_STATES
+            .into_iter()
+            .filter(|s| check(*s, Op::Exec).is_ok())
+            .collect();
         assert_eq!(legal, vec![State::Running]);
     }
 
     #[test]
     fn plain_remove_of_a_live_vm_is_refused_with_a_hint() {
         let err = check(State::Running, Op::Remove).unwrap_err();
-        assert_eq!(err.to_string(), "cannot rm an instance that is running (stop it first, or use rm -f)");
+        assert_eq!(
+            err.to_string(),
+            "cannot rm an instance that is running (stop it first, or use rm -f)"
+        );
     }
 
     #[test]
     fn force_remove_is_legal_everywhere() {
-        assert!(ALL_STATES.into_iter().all(|s| check(s, Op::ForceRemove) == Ok(None)));
+        assert!(ALL_STATES
+            .into_iter()
+            .all(|s| check(s, Op::ForceRemove) == Ok(None)));
     }
 
     #[test]

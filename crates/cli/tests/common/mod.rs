@@ -47,17 +47,37 @@ impl Daemon {
     /// A daemon with extra environment, e.g. `TINE_FAILPOINTS`.
     pub fn start_with_env(env: &[(&str, &str)]) -> Daemon {
         // Short base path: QEMU's sockets live under it and sun_path is 108 bytes.
-        let tmp = tempfile::Builder::new().prefix("tine-t").tempdir_in("/tmp").unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("tine-t")
+            .tempdir_in("/tmp")
+            .unwrap();
         let data_dir = tmp.path().to_path_buf();
-        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut d = Daemon { child: None, env, data_dir, _tmp: Some(tmp), serve_args: vec![], netns: None };
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut d = Daemon {
+            child: None,
+            env,
+            data_dir,
+            _tmp: Some(tmp),
+            serve_args: vec![],
+            netns: None,
+        };
         d.spawn();
         d
     }
 
     /// A daemon whose data directory is `dir` (e.g. a small loop mount).
     pub fn start_at(dir: &Path) -> Daemon {
-        let mut d = Daemon { child: None, env: vec![], data_dir: dir.to_path_buf(), _tmp: None, serve_args: vec![], netns: None };
+        let mut d = Daemon {
+            child: None,
+            env: vec![],
+            data_dir: dir.to_path_buf(),
+            _tmp: None,
+            serve_args: vec![],
+            netns: None,
+        };
         d.spawn();
         d
     }
@@ -73,30 +93,59 @@ impl Daemon {
     pub fn start_with(dir: Option<&Path>, serve_args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let tmp = match dir {
             Some(_) => None,
-            None => Some(tempfile::Builder::new().prefix("tine-t").tempdir_in("/tmp").unwrap()),
+            None => Some(
+                tempfile::Builder::new()
+                    .prefix("tine-t")
+                    .tempdir_in("/tmp")
+                    .unwrap(),
+            ),
         };
-        let data_dir = dir.map(Path::to_path_buf).unwrap_or_else(|| tmp.as_ref().unwrap().path().to_path_buf());
+        let data_dir = dir
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| tmp.as_ref().unwrap().path().to_path_buf());
         let serve_args = serve_args.iter().map(|s| s.to_string()).collect();
-        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut d = Daemon { child: None, env, data_dir, _tmp: tmp, serve_args, netns: None };
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut d = Daemon {
+            child: None,
+            env,
+            data_dir,
+            _tmp: tmp,
+            serve_args,
+            netns: None,
+        };
         d.spawn();
         d
     }
 
     /// A daemon in a network namespace of its own, with extra `serve` args.
     pub fn start_in_netns(serve_args: &[&str]) -> Daemon {
-        let tmp = tempfile::Builder::new().prefix("tine-t").tempdir_in("/tmp").unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("tine-t")
+            .tempdir_in("/tmp")
+            .unwrap();
         let data_dir = tmp.path().to_path_buf();
         let serve_args = serve_args.iter().map(|s| s.to_string()).collect();
         let netns = Some(netns::Netns::new());
-        let mut d = Daemon { child: None, env: vec![], data_dir, _tmp: Some(tmp), serve_args, netns };
+        let mut d = Daemon {
+            child: None,
+            env: vec![],
+            data_dir,
+            _tmp: Some(tmp),
+            serve_args,
+            netns,
+        };
         d.spawn();
         d
     }
 
     /// The daemon's network namespace (`start_in_netns` only).
     pub fn netns(&self) -> &netns::Netns {
-        self.netns.as_ref().expect("a daemon started with start_in_netns")
+        self.netns
+            .as_ref()
+            .expect("a daemon started with start_in_netns")
     }
 
     fn serve_command(&self) -> Command {
@@ -129,7 +178,11 @@ impl Daemon {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.tine(&["ps"]).status.success() {
-            assert!(Instant::now() < deadline, "daemon did not come up:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not come up:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -137,7 +190,10 @@ impl Daemon {
     /// SIGTERM the daemon (VMs keep running) and start a new one on the same
     /// data, with the given environment from now on.
     pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
-        self.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         self.restart();
     }
 
@@ -192,7 +248,10 @@ impl Daemon {
     /// Run a CLI command that must fail; returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.tine(args);
-        assert!(!out.status.success(), "tine {args:?} unexpectedly succeeded");
+        assert!(
+            !out.status.success(),
+            "tine {args:?} unexpectedly succeeded"
+        );
         String::from_utf8(out.stderr).unwrap()
     }
 
@@ -221,13 +280,19 @@ impl Daemon {
             if self.state(name) == want {
                 return;
             }
-            assert!(Instant::now() < deadline, "{name} never reached {want}:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "{name} never reached {want}:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     fn instance_pids(&self) -> Vec<i32> {
-        let Ok(entries) = std::fs::read_dir(self.data_dir.join("instances")) else { return vec![] };
+        let Ok(entries) = std::fs::read_dir(self.data_dir.join("instances")) else {
+            return vec![];
+        };
         entries
             .flatten()
             .filter_map(|e| std::fs::read_to_string(e.path().join("qemu.pid")).ok())
@@ -254,7 +319,9 @@ pub fn is_qemu(pid: i32) -> bool {
 
 pub fn pid_alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
 }
 
 fn signal(pid: i32, sig: Signal) {
@@ -285,7 +352,12 @@ pub fn counter(d: &Daemon, name: &str) -> u64 {
 
 pub fn sha256(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 pub fn inode(path: &Path) -> (u64, u64) {
@@ -300,15 +372,22 @@ pub fn dir_of(d: &Daemon, name: &str) -> PathBuf {
 
 /// Names of the instances the daemon reports.
 pub fn names(d: &Daemon) -> Vec<String> {
-    let mut v: Vec<String> =
-        d.json(&["ps"]).as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap().to_string()).collect();
+    let mut v: Vec<String> = d
+        .json(&["ps"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect();
     v.sort();
     v
 }
 
 /// Instance directories on disk.
 pub fn instance_dirs(d: &Daemon) -> usize {
-    std::fs::read_dir(d.data_dir.join("instances")).map(|it| it.count()).unwrap_or(0)
+    std::fs::read_dir(d.data_dir.join("instances"))
+        .map(|it| it.count())
+        .unwrap_or(0)
 }
 
 /// QEMU processes whose command line mentions this daemon's data dir.
@@ -318,7 +397,10 @@ pub fn qemu_processes(d: &Daemon) -> usize {
         .unwrap()
         .flatten()
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .filter(|c| String::from_utf8_lossy(c).contains(&needle) && String::from_utf8_lossy(c).contains("qemu"))
+        .filter(|c| {
+            String::from_utf8_lossy(c).contains(&needle)
+                && String::from_utf8_lossy(c).contains("qemu")
+        })
         .count()
 }
 

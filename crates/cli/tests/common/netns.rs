@@ -13,8 +13,15 @@ pub struct Netns {
 }
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip (apt-get install iproute2)");
-    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (apt-get install iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Netns {
@@ -22,7 +29,11 @@ impl Netns {
     /// host that is not a router (a new namespace inherits the host's
     /// setting otherwise).
     pub fn new() -> Netns {
-        let name = format!("tine-t{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "tine-t{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         ip(&["netns", "add", &name]);
         let ns = Netns { name };
         ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
@@ -34,7 +45,8 @@ impl Netns {
     /// namespace's view of /sys).
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]).stdin(Stdio::null());
+        c.args(["netns", "exec", &self.name, program])
+            .stdin(Stdio::null());
         c
     }
 
@@ -66,7 +78,11 @@ impl Netns {
             "exec 3<>/dev/tcp/{ip}/{port} && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && timeout 10 cat <&3"
         );
         let reply = self.sh(&script);
-        reply.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
+        reply
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// Link a second namespace to this one as its upstream: this side gets
@@ -74,23 +90,54 @@ impl Netns {
     /// 198.51.100.1, which answers pings. Returns the upstream namespace.
     pub fn add_upstream(&self) -> Netns {
         let up = Netns::new();
-        ip(&["-n", &self.name, "link", "add", "uplink", "type", "veth", "peer", "name", "downlink", "netns", &up.name]);
-        ip(&["-n", &self.name, "addr", "add", "198.51.100.2/24", "dev", "uplink"]);
+        ip(&[
+            "-n", &self.name, "link", "add", "uplink", "type", "veth", "peer", "name", "downlink",
+            "netns", &up.name,
+        ]);
+        ip(&[
+            "-n",
+            &self.name,
+            "addr",
+            "add",
+            "198.51.100.2/24",
+            "dev",
+            "uplink",
+        ]);
         ip(&["-n", &self.name, "link", "set", "uplink", "up"]);
-        ip(&["-n", &self.name, "route", "add", "default", "via", "198.51.100.1"]);
-        ip(&["-n", &up.name, "addr", "add", "198.51.100.1/24", "dev", "downlink"]);
+        ip(&[
+            "-n",
+            &self.name,
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.51.100.1",
+        ]);
+        ip(&[
+            "-n",
+            &up.name,
+            "addr",
+            "add",
+            "198.51.100.1/24",
+            "dev",
+            "downlink",
+        ]);
         ip(&["-n", &up.name, "link", "set", "downlink", "up"]);
         up
     }
 
     /// Does a network device of this name exist in the namespace?
     pub fn has_link(&self, dev: &str) -> bool {
-        self.run(&["ip", "link", "show", "dev", dev]).status.success()
+        self.run(&["ip", "link", "show", "dev", dev])
+            .status
+            .success()
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }

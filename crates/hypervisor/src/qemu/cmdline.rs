@@ -19,7 +19,8 @@ pub const AGENT_PORT_NAME: &str = "tine.agent";
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 /// `-daemonize` forks and calls setsid after the filter is installed, so it
 /// needs both allowed; drop this once QEMU is no longer daemonized.
-pub const SANDBOX_DAEMONIZE: &str = "on,obsolete=deny,elevateprivileges=allow,spawn=allow,resourcecontrol=deny";
+pub const SANDBOX_DAEMONIZE: &str =
+    "on,obsolete=deny,elevateprivileges=allow,spawn=allow,resourcecontrol=deny";
 
 fn p(path: &Path) -> String {
     path.display().to_string()
@@ -206,11 +207,17 @@ mod tests {
     fn seccomp_sandbox_is_on_and_qmp_is_the_only_monitor() {
         let args = build(&spec(Accel::Tcg), &Boot::Fresh);
         let at = args.iter().position(|a| a == "-sandbox").unwrap();
-        assert!(args[at + 1].starts_with("on,obsolete=deny,"), "{}", args[at + 1]);
+        assert!(
+            args[at + 1].starts_with("on,obsolete=deny,"),
+            "{}",
+            args[at + 1]
+        );
         assert!(args[at + 1].contains("resourcecontrol=deny"));
         assert!(args.contains(&"-nodefaults".to_string()));
         assert_eq!(args.iter().filter(|a| *a == "-qmp").count(), 1);
-        assert!(!args.iter().any(|a| a == "-monitor" || a == "-mon" || a == "-gdb"));
+        assert!(!args
+            .iter()
+            .any(|a| a == "-monitor" || a == "-mon" || a == "-gdb"));
     }
 
     #[test]

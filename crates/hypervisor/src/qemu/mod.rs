@@ -219,7 +219,9 @@ impl Hypervisor for Qemu {
             }
             return Err(HvError::StartFailed { stderr: said });
         }
-        let mut made: Vec<PathBuf> = [QMP_SOCKET, AGENT_SOCKET, CONSOLE_LOG, PID_FILE].map(|n| run.join(n)).into();
+        let mut made: Vec<PathBuf> = [QMP_SOCKET, AGENT_SOCKET, CONSOLE_LOG, PID_FILE]
+            .map(|n| run.join(n))
+            .into();
         made.push(spec.memory_file.clone());
         confine::chmod_private(&made).map_err(|e| HvError::io(run, e))?;
         let pid_path = run.join(PID_FILE);
@@ -292,7 +294,8 @@ impl Hypervisor for Qemu {
         let t1 = Instant::now();
         q.execute("migrate", Some(json!({ "uri": uri }))).await?;
         wait_migration(&mut q, "device state save").await?;
-        confine::chmod_private(&[state_file.to_path_buf()]).map_err(|e| HvError::io(state_file, e))?;
+        confine::chmod_private(&[state_file.to_path_buf()])
+            .map_err(|e| HvError::io(state_file, e))?;
         let save_ms = t1.elapsed().as_secs_f64() * 1e3;
         let state_bytes = std::fs::metadata(state_file).map(|m| m.len()).unwrap_or(0);
         Ok(SaveReport {

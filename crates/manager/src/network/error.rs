@@ -17,14 +17,22 @@ pub enum NetworkError {
         "subnet {subnet} overlaps the host route {route} (dev {dev}); choose another with \
          `tine serve --subnet` (a private range the host does not use)"
     )]
-    Overlap { subnet: Subnet, route: String, dev: String },
+    Overlap {
+        subnet: Subnet,
+        route: String,
+        dev: String,
+    },
     #[error("the address pool {subnet} is exhausted: all {size} guest addresses are in use")]
     Exhausted { subnet: Subnet, size: u32 },
     #[error(
         "the subnet is {configured} but {count} instance(s) hold addresses outside it \
          (e.g. {example}); remove them or keep the old subnet"
     )]
-    SubnetInUse { configured: Subnet, count: usize, example: Ipv4Addr },
+    SubnetInUse {
+        configured: Subnet,
+        count: usize,
+        example: Ipv4Addr,
+    },
     #[error("networking is off on this daemon (it was started with --network none)")]
     Disabled,
     #[error("cannot run `{program}` (Debian: apt-get install iproute2 nftables)")]

@@ -22,17 +22,33 @@ const RECOVER_WAIT: Duration = Duration::from_secs(60);
 
 impl Manager {
     /// A lease for a new instance: by request, else the daemon's default.
-    pub(crate) fn network_lease(&self, mode: Option<NetworkMode>, instance_id: &str) -> Result<Option<Lease>, ManagerError> {
+    pub(crate) fn network_lease(
+        &self,
+        mode: Option<NetworkMode>,
+        instance_id: &str,
+    ) -> Result<Option<Lease>, ManagerError> {
         let want = match mode {
             Some(m) => m == NetworkMode::Default,
             None => self.net.enabled(),
         };
-        Ok(if want { Some(self.net.allocate(instance_id)?) } else { None })
+        Ok(if want {
+            Some(self.net.allocate(instance_id)?)
+        } else {
+            None
+        })
     }
 
     /// A lease if `wanted` (a fork whose source has a NIC).
-    pub(crate) fn network_lease_if(&self, wanted: bool, instance_id: &str) -> Result<Option<Lease>, ManagerError> {
-        let mode = if wanted { NetworkMode::Default } else { NetworkMode::None };
+    pub(crate) fn network_lease_if(
+        &self,
+        wanted: bool,
+        instance_id: &str,
+    ) -> Result<Option<Lease>, ManagerError> {
+        let mode = if wanted {
+            NetworkMode::Default
+        } else {
+            NetworkMode::None
+        };
         self.network_lease(Some(mode), instance_id)
     }
 
@@ -62,21 +78,35 @@ impl Manager {
 
     /// Once the agent answers: the guest takes the lease's MAC, address,
     /// route and DNS, then the TAP joins the bridge.
-    pub(crate) async fn network_up(&self, slot: &Slot, rec: &InstanceRecord) -> Result<(), ManagerError> {
-        let Some(lease) = &rec.network else { return Ok(()) };
+    pub(crate) async fn network_up(
+        &self,
+        slot: &Slot,
+        rec: &InstanceRecord,
+    ) -> Result<(), ManagerError> {
+        let Some(lease) = &rec.network else {
+            return Ok(());
+        };
         let t0 = Instant::now();
         let config = self.net.guest_config(lease);
         match agent::configure_network(&slot.agent, &config).await {
             // An agent older than configure_network (an image built before
             // it): the same steps with the guest's `ip`.
-            Err(AgentError::Remote { code: ErrorCode::BadRequest, .. }) => {
+            Err(AgentError::Remote {
+                code: ErrorCode::BadRequest,
+                ..
+            }) => {
                 warn!(name = rec.name, "guest agent lacks configure_network; using `ip` in the guest (rebuild the image)");
-                let out = agent::exec(&slot.agent, &ExecRequest::new(["sh", "-c", &ip_script(&config)]))
-                    .await
-                    .map_err(|e| self.agent_err(slot, e))?;
+                let out = agent::exec(
+                    &slot.agent,
+                    &ExecRequest::new(["sh", "-c", &ip_script(&config)]),
+                )
+                .await
+                .map_err(|e| self.agent_err(slot, e))?;
                 if !out.status.success() {
                     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-                    return Err(ManagerError::Failed(format!("configuring the guest network with `ip` failed: {stderr}")));
+                    return Err(ManagerError::Failed(format!(
+                        "configuring the guest network with `ip` failed: {stderr}"
+                    )));
                 }
             }
             r => r.map_err(|e| self.agent_err(slot, e))?,
@@ -100,10 +130,23 @@ impl Manager {
     /// delete TAPs nobody owns, and finish the network of VMs whose start a
     /// crash interrupted (TAP not on the bridge).
     pub(crate) async fn network_recover(self: &Arc<Self>) -> Result<(), ManagerError> {
-        let slots: Vec<Arc<Slot>> = self.slots.read().expect("slots").values().cloned().collect();
+        let slots: Vec<Arc<Slot>> = self
+            .slots
+            .read()
+            .expect("slots")
+            .values()
+            .cloned()
+            .collect();
         let records: Vec<InstanceRecord> = slots.iter().map(|s| s.record()).collect();
-        self.net.adopt(records.iter().filter_map(|r| r.network.as_ref().map(|l| (r.name.as_str(), l))))?;
-        let live: HashSet<String> = records.iter().filter_map(|r| r.network.as_ref().map(|l| l.tap.clone())).collect();
+        self.net.adopt(
+            records
+                .iter()
+                .filter_map(|r| r.network.as_ref().map(|l| (r.name.as_str(), l))),
+        )?;
+        let live: HashSet<String> = records
+            .iter()
+            .filter_map(|r| r.network.as_ref().map(|l| l.tap.clone()))
+            .collect();
         for tap in self.net.sweep(&live).await {
             info!(tap, "removed a TAP no instance owns");
         }
@@ -122,7 +165,10 @@ impl Manager {
         loop {
             let rec = slot.record();
             let result = match self.network_up(slot, &rec).await {
-                Err(ManagerError::Agent { source: AgentError::Disconnected, .. }) if t0.elapsed() < RECOVER_WAIT => {
+                Err(ManagerError::Agent {
+                    source: AgentError::Disconnected,
+                    ..
+                }) if t0.elapsed() < RECOVER_WAIT => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
@@ -139,8 +185,17 @@ impl Manager {
     /// Remove what networking left behind: TAPs no instance owns and, when
     /// no instance holds an address, the bridge, NAT rules and forwarding.
     pub async fn system_cleanup(&self) -> Result<CleanupReport, ManagerError> {
-        let records: Vec<InstanceRecord> = self.slots.read().expect("slots").values().map(|s| s.record()).collect();
-        let live: HashSet<String> = records.iter().filter_map(|r| r.network.as_ref().map(|l| l.tap.clone())).collect();
+        let records: Vec<InstanceRecord> = self
+            .slots
+            .read()
+            .expect("slots")
+            .values()
+            .map(|s| s.record())
+            .collect();
+        let live: HashSet<String> = records
+            .iter()
+            .filter_map(|r| r.network.as_ref().map(|l| l.tap.clone()))
+            .collect();
         let report = self.net.cleanup(&live, live.len()).await?;
         info!(?report, "system cleanup");
         Ok(report)
@@ -184,8 +239,17 @@ mod tests {
         let s = ip_script(&c);
 
         assert!(s.starts_with("set -e; ip link set dev eth0 address 02:74:0a:d1:00:05; ip -4 addr flush dev eth0;"), "{s}");
-        assert!(s.contains("ip addr add 10.209.0.5/16 dev eth0; ip link set dev eth0 up"), "{s}");
-        assert!(s.contains("ip route replace default via 10.209.0.1 dev eth0"), "{s}");
-        assert!(s.ends_with("printf 'nameserver 192.0.2.53\\n' > /etc/resolv.conf"), "{s}");
+        assert!(
+            s.contains("ip addr add 10.209.0.5/16 dev eth0; ip link set dev eth0 up"),
+            "{s}"
+        );
+        assert!(
+            s.contains("ip route replace default via 10.209.0.1 dev eth0"),
+            "{s}"
+        );
+        assert!(
+            s.ends_with("printf 'nameserver 192.0.2.53\\n' > /etc/resolv.conf"),
+            "{s}"
+        );
     }
 }

@@ -36,15 +36,33 @@ pub fn tap_name(instance_id: &str) -> String {
 }
 
 /// Run a command; `ok_if` lists stderr fragments that mean "already so".
-async fn run(program: &'static str, args: &[&str], stdin: Option<&str>, ok_if: &[&str]) -> Result<(), NetworkError> {
+async fn run(
+    program: &'static str,
+    args: &[&str],
+    stdin: Option<&str>,
+    ok_if: &[&str],
+) -> Result<(), NetworkError> {
     let mut cmd = Command::new(program);
-    cmd.args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
-    cmd.stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() });
-    let mut child = cmd.spawn().map_err(|source| NetworkError::Spawn { program, source })?;
+    cmd.args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    cmd.stdin(if stdin.is_some() {
+        std::process::Stdio::piped()
+    } else {
+        std::process::Stdio::null()
+    });
+    let mut child = cmd
+        .spawn()
+        .map_err(|source| NetworkError::Spawn { program, source })?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes()).await.map_err(|source| NetworkError::Spawn { program, source })?;
+        pipe.write_all(input.as_bytes())
+            .await
+            .map_err(|source| NetworkError::Spawn { program, source })?;
     }
-    let out = child.wait_with_output().await.map_err(|source| NetworkError::Spawn { program, source })?;
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|source| NetworkError::Spawn { program, source })?;
     if out.status.success() {
         return Ok(());
     }
@@ -81,10 +99,19 @@ impl Host {
     /// process creates the bridge at the same time.
     pub async fn ensure_bridge(&self) -> Result<(), NetworkError> {
         if !exists(&self.bridge) {
-            run("ip", &["link", "add", "name", &self.bridge, "type", "bridge"], None, &["File exists"]).await?;
+            run(
+                "ip",
+                &["link", "add", "name", &self.bridge, "type", "bridge"],
+                None,
+                &["File exists"],
+            )
+            .await?;
         }
         let gw = format!("{}/{}", self.subnet.gateway(), self.subnet.prefix());
-        let batch = format!("address replace {gw} dev {b}\nlink set dev {b} up\n", b = self.bridge);
+        let batch = format!(
+            "address replace {gw} dev {b}\nlink set dev {b} up\n",
+            b = self.bridge
+        );
         run("ip", &["-batch", "-"], Some(&batch), &[]).await
     }
 
@@ -97,7 +124,11 @@ impl Host {
 
     pub fn ruleset(&self, guard: bool) -> String {
         let (t, b, s) = (self.nft_table(), &self.bridge, self.subnet);
-        let rest = if guard { "\n\t\tdrop comment \"forwarding was off before tine\"" } else { "" };
+        let rest = if guard {
+            "\n\t\tdrop comment \"forwarding was off before tine\""
+        } else {
+            ""
+        };
         format!(
             "table ip {t}\ndelete table ip {t}\ntable ip {t} {{\n\
              \tchain postrouting {{\n\
@@ -114,9 +145,22 @@ impl Host {
     }
 
     pub async fn remove_nat(&self) -> Result<bool, NetworkError> {
-        let present = run("nft", &["list", "table", "ip", &self.nft_table()], None, &[]).await.is_ok();
+        let present = run(
+            "nft",
+            &["list", "table", "ip", &self.nft_table()],
+            None,
+            &[],
+        )
+        .await
+        .is_ok();
         if present {
-            run("nft", &["delete", "table", "ip", &self.nft_table()], None, &["No such file or directory"]).await?;
+            run(
+                "nft",
+                &["delete", "table", "ip", &self.nft_table()],
+                None,
+                &["No such file or directory"],
+            )
+            .await?;
         }
         Ok(present)
     }
@@ -125,7 +169,13 @@ impl Host {
         if !exists(&self.bridge) {
             return Ok(false);
         }
-        run("ip", &["link", "del", "dev", &self.bridge], None, &["Cannot find device"]).await?;
+        run(
+            "ip",
+            &["link", "del", "dev", &self.bridge],
+            None,
+            &["Cannot find device"],
+        )
+        .await?;
         Ok(true)
     }
 
@@ -139,7 +189,17 @@ impl Host {
 
     /// Tag the TAP as this daemon's, put it on the bridge and up.
     pub async fn attach_tap(&self, tap: &str) -> Result<(), NetworkError> {
-        let args = ["link", "set", "dev", tap, "alias", &self.tag, "master", &self.bridge, "up"];
+        let args = [
+            "link",
+            "set",
+            "dev",
+            tap,
+            "alias",
+            &self.tag,
+            "master",
+            &self.bridge,
+            "up",
+        ];
         run("ip", &args, None, &[]).await
     }
 
@@ -147,7 +207,13 @@ impl Host {
         if !exists(tap) {
             return Ok(());
         }
-        run("ip", &["link", "del", "dev", tap], None, &["Cannot find device"]).await
+        run(
+            "ip",
+            &["link", "del", "dev", tap],
+            None,
+            &["Cannot find device"],
+        )
+        .await
     }
 
     /// Is the TAP a port of our bridge (and so reachable)?
@@ -158,7 +224,9 @@ impl Host {
 
     /// TAP devices carrying this daemon's tag.
     pub fn our_taps(&self) -> Vec<String> {
-        let Ok(entries) = std::fs::read_dir(SYS_NET) else { return vec![] };
+        let Ok(entries) = std::fs::read_dir(SYS_NET) else {
+            return vec![];
+        };
         let mut taps: Vec<String> = entries
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok())
@@ -175,7 +243,11 @@ impl Host {
 
 /// Turn IPv4 forwarding on; true if it was off (tine turned it on).
 pub fn enable_forwarding() -> Result<bool, NetworkError> {
-    let io = |source| NetworkError::Io { what: "cannot set", path: IP_FORWARD.into(), source };
+    let io = |source| NetworkError::Io {
+        what: "cannot set",
+        path: IP_FORWARD.into(),
+        source,
+    };
     let was = std::fs::read_to_string(IP_FORWARD).map_err(io)?;
     if was.trim() == "1" {
         return Ok(false);
@@ -185,7 +257,11 @@ pub fn enable_forwarding() -> Result<bool, NetworkError> {
 }
 
 pub fn disable_forwarding() -> Result<(), NetworkError> {
-    std::fs::write(IP_FORWARD, "0\n").map_err(|source| NetworkError::Io { what: "cannot set", path: IP_FORWARD.into(), source })
+    std::fs::write(IP_FORWARD, "0\n").map_err(|source| NetworkError::Io {
+        what: "cannot set",
+        path: IP_FORWARD.into(),
+        source,
+    })
 }
 
 /// One IPv4 route of the main table.
@@ -198,13 +274,21 @@ pub struct Route {
 
 /// Parse `/proc/net/route` (addresses are hex, in network byte order).
 pub fn parse_routes(text: &str) -> Vec<Route> {
-    let hex = |s: &str| u32::from_str_radix(s, 16).ok().map(|v| Ipv4Addr::from(v.to_ne_bytes()));
+    let hex = |s: &str| {
+        u32::from_str_radix(s, 16)
+            .ok()
+            .map(|v| Ipv4Addr::from(v.to_ne_bytes()))
+    };
     text.lines()
         .skip(1)
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
             let (dev, dest, mask) = (f.first()?, hex(f.get(1)?)?, hex(f.get(7)?)?);
-            Some(Route { dev: dev.to_string(), dest, prefix: u32::from(mask).count_ones() as u8 })
+            Some(Route {
+                dev: dev.to_string(),
+                dest,
+                prefix: u32::from(mask).count_ones() as u8,
+            })
         })
         .collect()
 }
@@ -213,14 +297,21 @@ pub fn parse_routes(text: &str) -> Vec<Route> {
 /// (default routes and our own bridge's route aside).
 pub fn check_overlap(subnet: Subnet, bridge: &str) -> Result<(), NetworkError> {
     let path = "/proc/net/route";
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| NetworkError::Io { what: "cannot read", path: path.into(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| NetworkError::Io {
+        what: "cannot read",
+        path: path.into(),
+        source,
+    })?;
     for r in parse_routes(&text) {
         if r.prefix == 0 || r.dev == bridge {
             continue;
         }
         if subnet.overlaps_route(r.dest, r.prefix) {
-            return Err(NetworkError::Overlap { subnet, route: format!("{}/{}", r.dest, r.prefix), dev: r.dev });
+            return Err(NetworkError::Overlap {
+                subnet,
+                route: format!("{}/{}", r.dest, r.prefix),
+                dev: r.dev,
+            });
         }
     }
     Ok(())
@@ -253,31 +344,54 @@ mod tests {
 
     #[test]
     fn proc_net_route_parses_into_devices_destinations_and_prefixes() {
-        let text = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+        let text =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
                     eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
                     eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
 
         let routes = parse_routes(text);
 
         assert_eq!(routes.len(), 2);
-        assert_eq!(routes[0], Route { dev: "eth0".into(), dest: Ipv4Addr::UNSPECIFIED, prefix: 0 });
-        assert_eq!(routes[1], Route { dev: "eth0".into(), dest: Ipv4Addr::new(192, 0, 2, 0), prefix: 24 });
+        assert_eq!(
+            routes[0],
+            Route {
+                dev: "eth0".into(),
+                dest: Ipv4Addr::UNSPECIFIED,
+                prefix: 0
+            }
+        );
+        assert_eq!(
+            routes[1],
+            Route {
+                dev: "eth0".into(),
+                dest: Ipv4Addr::new(192, 0, 2, 0),
+                prefix: 24
+            }
+        );
     }
 
     #[test]
     fn loopback_and_ipv6_name_servers_are_not_passed_to_guests() {
-        let conf = "# x\nnameserver 127.0.0.53\nnameserver 10.255.255.53\nnameserver ::1\nsearch lan\n";
+        let conf =
+            "# x\nnameserver 127.0.0.53\nnameserver 10.255.255.53\nnameserver ::1\nsearch lan\n";
         assert_eq!(host_dns(conf), vec![Ipv4Addr::new(10, 255, 255, 53)]);
     }
 
     #[test]
     fn the_ruleset_replaces_the_table_and_guards_forwarding_only_when_asked() {
-        let h = Host { bridge: "tine-0".into(), subnet: "10.209.0.0/16".parse().unwrap(), tag: "t".into() };
+        let h = Host {
+            bridge: "tine-0".into(),
+            subnet: "10.209.0.0/16".parse().unwrap(),
+            tag: "t".into(),
+        };
 
         let open = h.ruleset(false);
         let guarded = h.ruleset(true);
 
-        assert!(open.starts_with("table ip tine_tine_0\ndelete table ip tine_tine_0\n"), "{open}");
+        assert!(
+            open.starts_with("table ip tine_tine_0\ndelete table ip tine_tine_0\n"),
+            "{open}"
+        );
         assert!(open.contains("ip saddr 10.209.0.0/16 ip daddr != 10.209.0.0/16 masquerade"));
         assert!(!open.contains("forwarding was off"));
         assert!(guarded.contains("drop comment \"forwarding was off before tine\""));

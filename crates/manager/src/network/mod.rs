@@ -60,7 +60,12 @@ pub struct NetworkOptions {
 
 impl Default for NetworkOptions {
     fn default() -> Self {
-        NetworkOptions { enabled: true, subnet: None, bridge: None, dns: None }
+        NetworkOptions {
+            enabled: true,
+            subnet: None,
+            bridge: None,
+            dns: None,
+        }
     }
 }
 
@@ -136,7 +141,11 @@ impl Network {
         let dns = match &opts.dns {
             Some(list) => list
                 .iter()
-                .map(|d| d.parse::<Ipv4Addr>().map(|a| a.to_string()).map_err(|_| NetworkError::InvalidDns(d.clone())))
+                .map(|d| {
+                    d.parse::<Ipv4Addr>()
+                        .map(|a| a.to_string())
+                        .map_err(|_| NetworkError::InvalidDns(d.clone()))
+                })
                 .collect::<Result<Vec<_>, _>>()?,
             None => host::default_dns().iter().map(|a| a.to_string()).collect(),
         };
@@ -144,7 +153,11 @@ impl Network {
             warn!("no name server a guest can reach (host resolv.conf lists only loopback ones); pass --dns");
         }
         settings.save(data_dir)?;
-        let host = Host { bridge: settings.bridge.clone(), subnet: settings.subnet, tag: tag_of(data_dir) };
+        let host = Host {
+            bridge: settings.bridge.clone(),
+            subnet: settings.subnet,
+            tag: tag_of(data_dir),
+        };
         Ok(Network {
             active: Some(Active {
                 data_dir: data_dir.to_path_buf(),
@@ -166,7 +179,10 @@ impl Network {
     }
 
     /// Take the addresses named by existing records (daemon start).
-    pub(crate) fn adopt<'a>(&self, leases: impl Iterator<Item = (&'a str, &'a Lease)>) -> Result<(), NetworkError> {
+    pub(crate) fn adopt<'a>(
+        &self,
+        leases: impl Iterator<Item = (&'a str, &'a Lease)>,
+    ) -> Result<(), NetworkError> {
         let Some(a) = &self.active else { return Ok(()) };
         let mut pool = a.pool.lock().expect("pool");
         let mut outside = Vec::new();
@@ -174,12 +190,18 @@ impl Network {
             match pool.adopt(lease.ip) {
                 Ok(()) => {}
                 Err(Taken::Outside) => outside.push(lease.ip),
-                Err(Taken::Duplicate) => warn!(name, ip = %lease.ip, "two instances hold one address"),
+                Err(Taken::Duplicate) => {
+                    warn!(name, ip = %lease.ip, "two instances hold one address")
+                }
             }
         }
         if let Some(&example) = outside.first() {
             let configured = a.host.subnet;
-            return Err(NetworkError::SubnetInUse { configured, count: outside.len(), example });
+            return Err(NetworkError::SubnetInUse {
+                configured,
+                count: outside.len(),
+                example,
+            });
         }
         info!(subnet = %a.host.subnet, bridge = a.host.bridge, in_use = pool.in_use(), "network ready");
         Ok(())
@@ -188,7 +210,15 @@ impl Network {
     pub(crate) fn allocate(&self, instance_id: &str) -> Result<Lease, NetworkError> {
         let a = self.active()?;
         let subnet = a.host.subnet;
-        let ip = a.pool.lock().expect("pool").allocate().ok_or(NetworkError::Exhausted { subnet, size: subnet.guest_count() })?;
+        let ip = a
+            .pool
+            .lock()
+            .expect("pool")
+            .allocate()
+            .ok_or(NetworkError::Exhausted {
+                subnet,
+                size: subnet.guest_count(),
+            })?;
         Ok(Lease {
             ip,
             prefix: subnet.prefix(),
@@ -217,7 +247,9 @@ impl Network {
     }
 
     pub(crate) fn attached(&self, lease: &Lease) -> bool {
-        self.active.as_ref().is_some_and(|a| a.host.tap_attached(&lease.tap))
+        self.active
+            .as_ref()
+            .is_some_and(|a| a.host.tap_attached(&lease.tap))
     }
 
     pub(crate) async fn delete_tap(&self, lease: &Lease) -> Result<(), NetworkError> {
@@ -234,7 +266,11 @@ impl Network {
             mac: lease.mac.clone(),
             address: format!("{}/{}", lease.ip, lease.prefix),
             gateway: Some(lease.gateway.to_string()),
-            dns: self.active.as_ref().map(|a| a.dns.clone()).unwrap_or_default(),
+            dns: self
+                .active
+                .as_ref()
+                .map(|a| a.dns.clone())
+                .unwrap_or_default(),
         }
     }
 
@@ -253,15 +289,24 @@ impl Network {
 
     /// Orphan TAPs go; bridge, NAT and forwarding go too when no instance
     /// holds a lease (`leases` is how many do).
-    pub(crate) async fn cleanup(&self, live: &HashSet<String>, leases: usize) -> Result<CleanupReport, NetworkError> {
-        let mut report = CleanupReport { taps_removed: self.sweep(live).await, ..Default::default() };
+    pub(crate) async fn cleanup(
+        &self,
+        live: &HashSet<String>,
+        leases: usize,
+    ) -> Result<CleanupReport, NetworkError> {
+        let mut report = CleanupReport {
+            taps_removed: self.sweep(live).await,
+            ..Default::default()
+        };
         let Some(a) = &self.active else {
             report.kept = Some("networking is off on this daemon".into());
             return Ok(report);
         };
         let mut ready = a.ready.lock().await;
         if leases > 0 {
-            report.kept = Some(format!("{leases} instance(s) still hold addresses; remove them first"));
+            report.kept = Some(format!(
+                "{leases} instance(s) still hold addresses; remove them first"
+            ));
             return Ok(report);
         }
         report.nat_removed = a.host.remove_nat().await?;
@@ -306,7 +351,13 @@ fn tag_of(data_dir: &Path) -> String {
         .display()
         .to_string()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "/._-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "/._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let mut tag = format!("tine:{dir}");
     tag.truncate(200);

@@ -32,7 +32,11 @@ pub enum Taken {
 
 impl Pool {
     pub fn new(subnet: Subnet) -> Pool {
-        Pool { subnet, used: BTreeSet::new(), next: 0 }
+        Pool {
+            subnet,
+            used: BTreeSet::new(),
+            next: 0,
+        }
     }
 
     pub fn in_use(&self) -> usize {
@@ -124,7 +128,11 @@ mod tests {
 
         assert_eq!(p.adopt(Ipv4Addr::new(10, 1, 0, 3)), Err(Taken::Duplicate));
         assert_eq!(p.adopt(Ipv4Addr::new(10, 2, 0, 3)), Err(Taken::Outside));
-        assert_eq!(p.adopt(Ipv4Addr::new(10, 1, 0, 1)), Err(Taken::Outside), "the gateway");
+        assert_eq!(
+            p.adopt(Ipv4Addr::new(10, 1, 0, 1)),
+            Err(Taken::Outside),
+            "the gateway"
+        );
         assert_eq!(p.allocate(), Some(Ipv4Addr::new(10, 1, 0, 4)));
         assert_eq!(p.in_use(), 3);
     }

@@ -32,7 +32,11 @@ impl Settings {
     }
 
     /// Saved settings with `subnet`/`bridge` overrides applied.
-    pub fn resolve(data_dir: &Path, subnet: Option<&str>, bridge: Option<&str>) -> Result<Settings, NetworkError> {
+    pub fn resolve(
+        data_dir: &Path,
+        subnet: Option<&str>,
+        bridge: Option<&str>,
+    ) -> Result<Settings, NetworkError> {
         let saved = Self::load(data_dir)?;
         let subnet = match (subnet, &saved) {
             (Some(s), _) => s.parse().map_err(NetworkError::InvalidSubnet)?,
@@ -46,7 +50,12 @@ impl Settings {
         };
         validate_bridge(&bridge)?;
         let forwarding_enabled_by_tine = saved.is_some_and(|s| s.forwarding_enabled_by_tine);
-        Ok(Settings { schema: SCHEMA, subnet, bridge, forwarding_enabled_by_tine })
+        Ok(Settings {
+            schema: SCHEMA,
+            subnet,
+            bridge,
+            forwarding_enabled_by_tine,
+        })
     }
 
     fn load(data_dir: &Path) -> Result<Option<Settings>, NetworkError> {
@@ -54,7 +63,13 @@ impl Settings {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(NetworkError::Io { what: "cannot read", path, source }),
+            Err(source) => {
+                return Err(NetworkError::Io {
+                    what: "cannot read",
+                    path,
+                    source,
+                })
+            }
         };
         let s: Settings = serde_json::from_slice(&bytes).map_err(|e| NetworkError::Io {
             what: "malformed",
@@ -65,7 +80,10 @@ impl Settings {
             return Err(NetworkError::Io {
                 what: "unknown schema in",
                 path,
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("schema {}", s.schema)),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("schema {}", s.schema),
+                ),
             });
         }
         Ok(Some(s))
@@ -74,14 +92,20 @@ impl Settings {
     pub fn save(&self, data_dir: &Path) -> Result<(), NetworkError> {
         let path = Self::path(data_dir);
         let bytes = serde_json::to_vec_pretty(self).expect("settings serialize");
-        tine_storage::write_atomic(&path, &bytes).map_err(|source| NetworkError::Io { what: "cannot write", path, source })
+        tine_storage::write_atomic(&path, &bytes).map_err(|source| NetworkError::Io {
+            what: "cannot write",
+            path,
+            source,
+        })
     }
 }
 
 /// Linux interface names: 1-15 bytes; we also keep them shell- and nft-safe.
 pub fn validate_bridge(name: &str) -> Result<(), NetworkError> {
     let ok = (1..=15).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         && !name.starts_with(super::host::TAP_PREFIX);
     if ok {
         Ok(())
@@ -99,7 +123,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
 
         let first = Settings::resolve(dir.path(), None, None).unwrap();
-        assert_eq!((first.subnet.to_string().as_str(), first.bridge.as_str()), (DEFAULT_SUBNET, DEFAULT_BRIDGE));
+        assert_eq!(
+            (first.subnet.to_string().as_str(), first.bridge.as_str()),
+            (DEFAULT_SUBNET, DEFAULT_BRIDGE)
+        );
         let mut custom = Settings::resolve(dir.path(), Some("10.50.0.0/24"), Some("br-x")).unwrap();
         custom.forwarding_enabled_by_tine = true;
         custom.save(dir.path()).unwrap();
@@ -109,13 +136,19 @@ mod tests {
         let overridden = Settings::resolve(dir.path(), Some("10.60.0.0/16"), None).unwrap();
         assert_eq!(overridden.subnet.to_string(), "10.60.0.0/16");
         assert_eq!(overridden.bridge, "br-x");
-        assert!(overridden.forwarding_enabled_by_tine, "remembered across restarts");
+        assert!(
+            overridden.forwarding_enabled_by_tine,
+            "remembered across restarts"
+        );
     }
 
     #[test]
     fn bad_bridge_names_are_refused() {
         for bad in ["", "a b", "x".repeat(16).as_str(), "tn0", "br;rm"] {
-            assert!(matches!(validate_bridge(bad), Err(NetworkError::InvalidBridge(_))), "{bad:?}");
+            assert!(
+                matches!(validate_bridge(bad), Err(NetworkError::InvalidBridge(_))),
+                "{bad:?}"
+            );
         }
         validate_bridge("tine0").unwrap();
     }

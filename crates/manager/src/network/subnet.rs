@@ -90,9 +90,15 @@ impl FromStr for Subnet {
     type Err = String;
     fn from_str(s: &str) -> Result<Subnet, String> {
         let bad = |why: String| format!("invalid subnet {s:?}: {why}");
-        let (a, p) = s.split_once('/').ok_or_else(|| bad("want a.b.c.d/len".into()))?;
-        let addr: Ipv4Addr = a.parse().map_err(|_| bad(format!("{a:?} is not an IPv4 address")))?;
-        let prefix: u8 = p.parse().map_err(|_| bad(format!("{p:?} is not a prefix length")))?;
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| bad("want a.b.c.d/len".into()))?;
+        let addr: Ipv4Addr = a
+            .parse()
+            .map_err(|_| bad(format!("{a:?} is not an IPv4 address")))?;
+        let prefix: u8 = p
+            .parse()
+            .map_err(|_| bad(format!("{p:?} is not a prefix length")))?;
         Subnet::new(addr, prefix).map_err(bad)
     }
 }
@@ -111,7 +117,9 @@ impl Serialize for Subnet {
 
 impl<'de> Deserialize<'de> for Subnet {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Subnet, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -185,7 +193,10 @@ mod tests {
     #[test]
     fn macs_are_unicast_local_and_follow_the_address() {
         assert_eq!(mac_for(Ipv4Addr::new(10, 209, 0, 2)), "02:74:0a:d1:00:02");
-        assert_ne!(mac_for(Ipv4Addr::new(10, 209, 0, 2)), mac_for(Ipv4Addr::new(10, 209, 0, 3)));
+        assert_ne!(
+            mac_for(Ipv4Addr::new(10, 209, 0, 2)),
+            mac_for(Ipv4Addr::new(10, 209, 0, 3))
+        );
     }
 
     #[test]
