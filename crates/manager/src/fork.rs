@@ -224,6 +224,7 @@ impl Manager {
     ) -> Result<ForkReport, ManagerError> {
         let t0 = Instant::now();
         let names = self.fork_names(&req)?;
+        let ticket = self.admit_fork(&req, names.len() as u32)?;
         let (base, pause_ms) = self.fork_base(&req).await?;
         if !base.has_state && req.target == ForkTarget::Standby {
             return Err(ManagerError::InvalidArgument(
@@ -238,10 +239,14 @@ impl Manager {
         let mut tasks = Vec::new();
         for name in names {
             let (mgr, base, image, sem) = (self.clone(), base.clone(), image.clone(), sem.clone());
-            let (target, progress) = (req.target, progress.clone());
+            let (target, progress, ticket) = (req.target, progress.clone(), ticket.clone());
             tasks.push(tokio::spawn(async move {
                 let permit = sem.acquire_owned().await.expect("semaphore");
                 let out = mgr.fork_one(&base, &image, name, target, t0, permit).await;
+                // Running (and counted) or gone: its share of the admission is done.
+                if let Some(t) = &ticket {
+                    t.release_one();
+                }
                 if let Some(p) = progress {
                     let _ = p.send(out.clone()).await;
                 }
@@ -394,7 +399,7 @@ impl Manager {
             State::Standby => Ok((Base::of_instance(slot.dir.clone(), &rec, None, &req.source), None)),
             State::Running | State::Paused if req.from_running => {
                 let staging = self.cfg.data_dir.join("staging").join(names::new_id());
-                std::fs::create_dir_all(&staging).map_err(|e| ManagerError::io("create staging directory", e))?;
+                crate::ops::create_private_dir(&staging)?;
                 match self.capture(&slot, &rec, &staging, SnapshotKind::Standby).await {
                     Ok(c) => Ok((Base::of_instance(staging.clone(), &rec, Some(staging), &req.source), c.pause_ms)),
                     Err(e) => {

@@ -28,6 +28,12 @@ impl Manager {
         let memory_mib = req.memory_mib.unwrap_or(256);
         let vcpus = req.vcpus.unwrap_or(1);
         validate_size(memory_mib, vcpus)?;
+        let _ticket = self.admit(crate::admission::Demand {
+            what: "run",
+            count: 1,
+            memory_mib,
+            vcpus,
+        })?;
         let image_name = req.image.clone().unwrap_or_else(|| "default".into());
         let image = image::load(&self.cfg.images_dir, &image_name)?;
         self.hv.check()?;
@@ -92,8 +98,7 @@ impl Manager {
             return Err(ManagerError::AlreadyExists(record.name));
         }
         let dir = self.instance_dir(&record.id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| ManagerError::io(format!("create {}", dir.display()), e))?;
+        create_private_dir(&dir)?;
         record
             .save(&dir)
             .map_err(|e| ManagerError::io(format!("save record in {}", dir.display()), e))?;
@@ -266,6 +271,7 @@ impl Manager {
         if rec.state == State::Standby {
             return self.restore_locked(&slot).await.map(|()| slot.info());
         }
+        let _ticket = self.admit_instance("start", &rec)?;
         let image = image::load(&self.cfg.images_dir, &rec.image)?;
         if let Err(e) = self.boot(&slot, &image, Boot::Fresh, None, None).await {
             self.fail(&slot, &e).await;
@@ -461,6 +467,18 @@ async fn create_overlay(
         )));
     }
     Ok(())
+}
+
+/// Create a directory (and missing parents) only its owner can enter: an
+/// instance's sockets, RAM and disk are nobody else's business.
+pub(crate) fn create_private_dir(dir: &std::path::Path) -> Result<(), ManagerError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| ManagerError::io(format!("create {}", dir.display()), e))
 }
 
 pub(crate) fn remove_dir(dir: &std::path::Path) -> Result<(), ManagerError> {

@@ -14,6 +14,10 @@ pub const QEMU_LOG: &str = "qemu.log";
 /// The virtio-serial port name the guest agent looks for.
 pub const AGENT_PORT_NAME: &str = "tine.agent";
 
+/// QEMU's seccomp filter: no obsolete syscalls, no set*id, no
+/// fork/exec, no scheduler or resource changes.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
 fn p(path: &Path) -> String {
     path.display().to_string()
 }
@@ -109,6 +113,7 @@ pub fn build(spec: &VmSpec, boot: &Boot, paused: bool) -> Vec<String> {
         "-pidfile".into(),
         p(&run.join(PID_FILE)),
     ]);
+    args.extend(["-sandbox".into(), SANDBOX.into()]);
     if matches!(boot, Boot::Restore { .. }) {
         // The state is loaded over QMP (x-ignore-shared is a capability
         // that can only be set there, before the load starts).
@@ -193,6 +198,23 @@ mod tests {
         let a = build(&spec(Accel::Tcg), &Boot::Fresh, false);
         assert!(a.contains(&"console=ttyS0 tsc_early_khz=2000000".to_string()));
         assert!(a.contains(&"max".to_string()));
+    }
+
+    #[test]
+    fn seccomp_sandbox_is_on_and_qmp_is_the_only_monitor() {
+        let args = build(&spec(Accel::Tcg), &Boot::Fresh, false);
+        let at = args.iter().position(|a| a == "-sandbox").unwrap();
+        assert!(
+            args[at + 1].starts_with("on,obsolete=deny,"),
+            "{}",
+            args[at + 1]
+        );
+        assert!(args[at + 1].contains("resourcecontrol=deny"));
+        assert!(args.contains(&"-nodefaults".to_string()));
+        assert_eq!(args.iter().filter(|a| *a == "-qmp").count(), 1);
+        assert!(!args
+            .iter()
+            .any(|a| a == "-monitor" || a == "-mon" || a == "-gdb"));
     }
 
     #[test]

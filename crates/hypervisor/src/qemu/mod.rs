@@ -1,10 +1,12 @@
 //! QEMU backend: `microvm` machine, RAM in a `memory-backend-file`, QMP on a
-//! Unix socket. QEMU runs in its own process group and outlives the daemon.
+//! Unix socket. QEMU runs in its own process group and outlives the daemon,
+//! under its seccomp sandbox, with sockets and files 0600 (`confine.rs`).
 //!
 //! Device state is saved with migration to a file and `x-ignore-shared`, so
 //! RAM stays in the memory file and only ~50 KB of device state is written.
 
 mod cmdline;
+mod confine;
 mod qmp;
 
 use std::collections::HashMap;
@@ -85,14 +87,12 @@ impl Qemu {
         let args = cmdline::build(spec, boot, paused);
         debug!(?args, "starting qemu");
         let log_path = run.join(QEMU_LOG);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| HvError::io(&log_path, e))?;
+        let log = confine::open_log(&log_path).map_err(|e| HvError::io(&log_path, e))?;
         let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
         let out = log.try_clone().map_err(|e| HvError::io(&log_path, e))?;
-        let mut child = tokio::process::Command::new(&binary)
+        let mut cmd = tokio::process::Command::new(&binary);
+        confine::umask(&mut cmd);
+        let mut child = cmd
             .args(&args)
             .stdin(Stdio::null())
             .stdout(out)
