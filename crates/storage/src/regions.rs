@@ -104,7 +104,11 @@ impl Regions {
             Err(e) => return Err(e),
         };
         // An empty region would never advance: take the rest instead.
-        let end = if end > start { end.min(self.size) } else { self.size };
+        let end = if end > start {
+            end.min(self.size)
+        } else {
+            self.size
+        };
         self.queue.push_back((start, end));
         self.scan = end;
         Ok(true)

@@ -36,8 +36,18 @@ impl<S: Sys> Engine<'_, S> {
         dst_path: &Path,
         size: u64,
     ) -> Result<u64, CopyError> {
-        // Doubles readahead on a cold source, as cp does. Only a hint.
-        let _ = rustix::fs::fadvise(src, 0, None, rustix::fs::Advice::Sequential);
+        // Sequential doubles the kernel's readahead on a cold source, as cp
+        // does. Zero detection is for files mostly cached and mostly zeros
+        // (guest RAM): there readahead past a region's end would only cache
+        // more zero pages, which SEEK_DATA then reports as data, so only
+        // `regions` asks for readahead, of exactly the data regions.
+        let advice = if self.zeros {
+            rustix::fs::Advice::Random
+        } else {
+            rustix::fs::Advice::Sequential
+        };
+        // Only a hint: a filesystem that ignores it still gets a correct copy.
+        let _ = rustix::fs::fadvise(src, 0, None, advice);
         let mut regions = Regions::new(size);
         let mut written = 0;
         while let Some((off, end)) = regions

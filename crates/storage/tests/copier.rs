@@ -10,7 +10,7 @@ use std::path::Path;
 
 use common::*;
 use tine_storage::testfs::{allocated_bytes, write_sparse, FsKind, TestFs};
-use tine_storage::{copy_file, CopyMethod, Copier};
+use tine_storage::{copy_file, Copier, CopyMethod};
 
 fn copier_asks_for_reflink_once_per_operation(kind: FsKind) {
     let fs = TestFs::new(kind);
@@ -70,7 +70,10 @@ fn copier_reflinks_every_file_and_ignores_zero_detection(kind: FsKind) {
         .copy_file(&src.join("memory"), &fs.path().join("b"))
         .unwrap();
 
-    assert_eq!((a.method, b.method), (CopyMethod::Reflink, CopyMethod::Reflink));
+    assert_eq!(
+        (a.method, b.method),
+        (CopyMethod::Reflink, CopyMethod::Reflink)
+    );
     assert!(copier.fallback().is_none());
 }
 
