@@ -6,9 +6,11 @@
 //!   cargo run --release -p tine-storage --features testfs --example copy_bench -- [--reps N] [--fs xfs,btrfs,ext4]
 //!
 //! Before every timed copy both tools get the same treatment: previous copy
-//! removed, `sync`, page cache dropped (`/proc/sys/vm/drop_caches`), so each
-//! copy starts cold with a clean filesystem (cp's own binary is then reloaded
-//! by a `cp --version`, so the cold cache is about data only). "copy" is the
+//! removed and its blocks trimmed (the loop images are sparse files on the
+//! host's disk), `sync`, page cache dropped (`/proc/sys/vm/drop_caches`), so
+//! each copy starts cold with a clean filesystem (cp's own binary is then
+//! reloaded by a `cp --version`, so the cold cache is about data only). Both
+//! tools copy to the same path, so the allocator treats them alike. "copy" is the
 //! call (tine) or the process (cp, spawn included); "+sync" adds the syncfs
 //! that makes it durable. Figures are "median / min" in ms over `--reps` runs
 //! (5), the two tools alternating which goes first.
@@ -66,6 +68,8 @@ fn run_cp(src: &Path, dst: &Path) {
 /// One cold, timed copy: (copy, copy + syncfs).
 fn timed(fs: &TestFs, dst: &Path, copy: impl FnOnce()) -> (Duration, Duration) {
     let _ = fs::remove_dir_all(dst);
+    let trim = Command::new("fstrim").arg(fs.path()).status();
+    assert!(trim.is_ok_and(|s| s.success()), "fstrim {:?}", fs.path());
     assert!(drop_caches(), "cannot drop caches (need root)");
     // Reload cp's binary and libraries: the cold cache is for the data, not
     // for cp's own code (tine's is already mapped).
@@ -145,18 +149,18 @@ fn main() {
         for memory_mib in [64, 256, 1024] {
             let src = fs.path().join("src");
             guest(&src, memory_mib * MIB);
-            let (dst_tine, dst_cp) = (fs.path().join("dst-tine"), fs.path().join("dst-cp"));
+            let dst = fs.path().join("dst");
             let (mut tine, mut cp, mut report) = (Vec::new(), Vec::new(), CopyReport::default());
             for rep in 0..reps {
                 // Alternate who goes first, so neither always follows the other.
                 if rep % 2 == 1 {
-                    cp.push(time_cp(&fs, &src, &dst_cp));
+                    cp.push(time_cp(&fs, &src, &dst));
                 }
-                let (t, r) = time_tine(&fs, &src, &dst_tine);
+                let (t, r) = time_tine(&fs, &src, &dst);
                 tine.push(t);
                 report = r;
                 if rep % 2 == 0 {
-                    cp.push(time_cp(&fs, &src, &dst_cp));
+                    cp.push(time_cp(&fs, &src, &dst));
                 }
             }
             let method = match &report.fallback {
@@ -179,7 +183,7 @@ fn main() {
                 stats(cp.iter().map(|t| t.1).collect()),
                 method,
             );
-            for dir in [&dst_tine, &dst_cp, &src] {
+            for dir in [&dst, &src] {
                 fs::remove_dir_all(dir).unwrap();
             }
         }
