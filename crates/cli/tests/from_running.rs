@@ -18,7 +18,8 @@ fn fork_from_running_copies_what_the_guest_wrote_not_its_whole_ram() {
         fs_type, EXT4_SUPER_MAGIC,
         "this test needs its data dir on ext4"
     );
-    d.ok(&["run", "--name", "big", "--memory", "1G"]);
+    // 512 MiB: the disk-space check counts the whole RAM file per fork.
+    d.ok(&["run", "--name", "big", "--memory", "512M"]);
     let sum = d.sh(
         "big",
         "mount -o remount,size=90% /run && dd if=/dev/urandom of=/run/blob bs=1M count=64 2>/dev/null && sha256sum /run/blob",
@@ -31,9 +32,9 @@ fn fork_from_running_copies_what_the_guest_wrote_not_its_whole_ram() {
         assert_eq!(report["failed"], 0, "{report:#}");
         let memory = dir_of(&d, name).join("memory");
         let allocated = std::fs::metadata(&memory).unwrap().blocks() * 512;
-        // The 64 MiB blob plus the kernel, far from the guest's 1 GiB.
+        // The 64 MiB blob plus the kernel, far from the guest's 512 MiB.
         assert!(
-            ((64 << 20)..(512 << 20)).contains(&allocated),
+            ((64 << 20)..(256 << 20)).contains(&allocated),
             "{name}'s memory file allocates {allocated} bytes"
         );
     }

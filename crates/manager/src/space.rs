@@ -110,8 +110,15 @@ impl Manager {
         match (rec.state, kind) {
             (State::Running | State::Paused, SnapshotKind::Standby) => {
                 // A shared mapping is copied (the VM keeps writing it); a private one linked.
+                // The copy writes at most the data regions (zero blocks become
+                // holes), far less than the fallocated file; as of now: the
+                // guest may add a little before it is paused.
                 let memory = match rec.memory {
-                    MemoryMapping::Shared => self.copy_bytes(&dir.join(MEMORY_FILE)),
+                    MemoryMapping::Shared => {
+                        let path = dir.join(MEMORY_FILE);
+                        let data = tine_storage::data_bytes(&path).unwrap_or(u64::MAX);
+                        self.copy_bytes(&path).min(data)
+                    }
                     MemoryMapping::Private => 0,
                 };
                 STATE_BYTES + disk + memory

@@ -57,4 +57,5 @@ pub use errno::{Fallback, OsErrno};
 pub use error::CopyError;
 pub use exclusive::{ensure_exclusive, StorageError, Unshare, UnshareAction, UnshareError};
 pub use probe::reflink_supported;
+pub use regions::data_bytes;
 pub use share::{share, ShareError, ShareMethod, ShareReport};

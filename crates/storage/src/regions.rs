@@ -9,14 +9,30 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::num::NonZeroU64;
+use std::path::Path;
 
 use crate::errno::seek_unsupported;
-use crate::sys::Sys;
+use crate::sys::{Real, Sys};
 
 /// Largest piece handed out at once (one copy_file_range request).
 pub(crate) const CHUNK: u64 = 8 << 20;
 /// Data requested for readahead beyond the piece being copied.
 const WINDOW: u64 = 16 << 20;
+
+/// Bytes in the data regions of `path` (SEEK_DATA/SEEK_HOLE): what a sparse
+/// copy of it reads now, and so an upper bound of what it writes. Without
+/// SEEK_DATA, the file's size.
+pub fn data_bytes(path: &Path) -> io::Result<u64> {
+    let file = File::open(path)?;
+    let mut regions = Regions::new(file.metadata()?.len());
+    let mut total = 0;
+    while regions.find(&Real, &file)? {
+        if let Some((start, end)) = regions.queue.pop_front() {
+            total += end - start;
+        }
+    }
+    Ok(total)
+}
 
 pub(crate) struct Regions {
     size: u64,

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use common::*;
 use tine_storage::testfs::{allocated_bytes, write_sparse, FsKind, TestFs};
-use tine_storage::{copy_file, Copier, CopyMethod};
+use tine_storage::{copy_file, data_bytes, Copier, CopyMethod};
 
 fn copier_asks_for_reflink_once_per_operation(kind: FsKind) {
     let fs = TestFs::new(kind);
@@ -110,7 +110,12 @@ fn detect_zeros_writes_only_the_non_zero_blocks(kind: FsKind) {
     let full = Copier::new().copy_file(&src, &plain).unwrap();
     let only_data = zeros.copy_file(&src, &sparse).unwrap();
 
-    assert_eq!(full.bytes_copied, 32 * MIB, "every cached page is data");
+    assert_eq!(
+        data_bytes(&src).unwrap(),
+        32 * MIB,
+        "every cached page is data"
+    );
+    assert_eq!(full.bytes_copied, 32 * MIB);
     assert_eq!(only_data.bytes_copied, written);
     let allocated = allocated_bytes(&sparse).unwrap();
     // Allow metadata blocks, not the zeros.
@@ -135,6 +140,7 @@ fn many_small_regions_past_the_readahead_window_copy_exactly(kind: FsKind) {
 
     let report = Copier::new().copy_file(&src, &dst).unwrap();
 
+    assert_eq!(data_bytes(&src).unwrap(), data);
     assert_eq!(report.bytes_copied, data);
     assert_eq!(content_hash(&dst), content_hash(&src));
     let allocated = allocated_bytes(&dst).unwrap();
