@@ -242,7 +242,7 @@ impl Manager {
                     pid = proc.pid,
                     "VM process exited unexpectedly"
                 );
-                slot.agent.reset().await;
+                slot.agent.reset();
                 let _ = slot.update(|r| {
                     r.state = State::Error;
                     r.process = None;
@@ -384,7 +384,7 @@ impl Manager {
 
     /// Stop the VM process if there is one (flushing disks), and forget it.
     pub(crate) async fn halt(&self, slot: &Slot, rec: &InstanceRecord) -> Result<(), ManagerError> {
-        slot.agent.reset().await;
+        slot.agent.reset();
         if let Some(proc) = rec.process {
             self.hv.stop(&slot.dir, &proc, STOP_GRACE).await?;
         }
@@ -397,7 +397,7 @@ impl Manager {
         if let Some(proc) = rec.process {
             let _ = self.hv.stop(&slot.dir, &proc, Duration::from_secs(2)).await;
         }
-        slot.agent.reset().await;
+        slot.agent.reset();
         let _ = slot.update(|r| {
             r.state = State::Error;
             r.process = None;

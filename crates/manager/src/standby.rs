@@ -80,7 +80,7 @@ impl Manager {
         self.hv
             .stop(&slot.dir, &proc, Duration::from_secs(10))
             .await?;
-        slot.agent.reset().await;
+        slot.agent.reset();
         crate::failpoint::hit("standby-stopped", &rec.name)?;
         finish_standby(slot)?;
         info!(
