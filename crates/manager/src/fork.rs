@@ -81,6 +81,45 @@ pub struct ForkRequest {
     pub parallel: Option<u32>,
 }
 
+impl ForkRequest {
+    /// The forks' names, checked: NAME-1 … NAME-N, or a template with `{i}`
+    /// placed where the caller wants it.
+    pub fn names(&self) -> Result<Vec<String>, ManagerError> {
+        let count = self.count.unwrap_or(1);
+        if !(1..=MAX_FORKS_PER_REQUEST).contains(&count) {
+            return Err(ManagerError::InvalidArgument(format!(
+                "count {count} is out of range (1..={MAX_FORKS_PER_REQUEST})"
+            )));
+        }
+        let base = match &self.name {
+            Some(n) => n.clone(),
+            None => format!("{}-fork-{}", self.source, &names::new_id()[..4]),
+        };
+        // Every `{i}` gives at least one character, so a longer template
+        // cannot give a valid name; refuse it before expanding it N times.
+        if base.len() > 3 * names::MAX_NAME_LEN {
+            return Err(ManagerError::InvalidArgument(format!(
+                "fork name of {} bytes is too long",
+                base.len()
+            )));
+        }
+        let names: Vec<String> = if base.contains("{i}") {
+            (1..=count).map(|i| base.replace("{i}", &i.to_string())).collect()
+        } else if count == 1 {
+            vec![base]
+        } else {
+            (1..=count).map(|i| format!("{base}-{i}")).collect()
+        };
+        if names.iter().collect::<std::collections::HashSet<_>>().len() != names.len() {
+            return Err(ManagerError::InvalidArgument("the name template gives duplicate names".into()));
+        }
+        for n in &names {
+            names::validate_name(n).map_err(ManagerError::InvalidArgument)?;
+        }
+        Ok(names)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ForkOutcome {
     pub name: String,
@@ -292,33 +331,8 @@ impl Manager {
     }
 
     fn fork_names(&self, req: &ForkRequest) -> Result<Vec<String>, ManagerError> {
-        let count = req.count.unwrap_or(1);
-        if !(1..=MAX_FORKS_PER_REQUEST).contains(&count) {
-            return Err(ManagerError::InvalidArgument(format!(
-                "count {count} is out of range (1..={MAX_FORKS_PER_REQUEST})"
-            )));
-        }
-        let base = match &req.name {
-            Some(n) => n.clone(),
-            None => format!("{}-fork-{}", req.source, &names::new_id()[..4]),
-        };
-        // NAME-i, or a template with {i} placed where the caller wants it.
-        let names: Vec<String> = if base.contains("{i}") {
-            (1..=count)
-                .map(|i| base.replace("{i}", &i.to_string()))
-                .collect()
-        } else if count == 1 {
-            vec![base]
-        } else {
-            (1..=count).map(|i| format!("{base}-{i}")).collect()
-        };
-        if names.iter().collect::<std::collections::HashSet<_>>().len() != names.len() {
-            return Err(ManagerError::InvalidArgument(
-                "the name template gives duplicate names".into(),
-            ));
-        }
+        let names = req.names()?;
         for n in &names {
-            names::validate_name(n).map_err(ManagerError::InvalidArgument)?;
             if self.slot(n).is_ok() {
                 return Err(ManagerError::AlreadyExists(n.clone()));
             }
@@ -633,4 +647,33 @@ fn full_copy(from: &Path, to: &Path) -> std::io::Result<()> {
         w.write_all(&buf[..n])?;
     }
     w.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(name: &str, count: u32) -> ForkRequest {
+        ForkRequest { source: "src".into(), name: Some(name.into()), count: Some(count), ..Default::default() }
+    }
+
+    #[test]
+    fn names_are_numbered_or_templated() {
+        assert_eq!(req("w", 2).names().unwrap(), ["w-1", "w-2"]);
+        assert_eq!(req("a{i}b", 2).names().unwrap(), ["a1b", "a2b"]);
+        assert_eq!(req("one", 1).names().unwrap(), ["one"]);
+    }
+
+    #[test]
+    fn a_template_too_long_to_give_a_valid_name_is_refused_before_expansion() {
+        let err = req(&"{i}".repeat(300_000), MAX_FORKS_PER_REQUEST).names().unwrap_err();
+        assert!(err.to_string().contains("too long"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_counts_and_invalid_names_are_refused() {
+        assert!(req("x", 0).names().is_err());
+        assert!(req("x", MAX_FORKS_PER_REQUEST + 1).names().is_err());
+        assert!(req("Bad", 1).names().is_err());
+    }
 }

@@ -10,7 +10,7 @@
 
 mod agent;
 mod base;
-mod compress;
+pub mod compress;
 pub mod error;
 pub mod failpoint;
 pub mod fork;
@@ -21,7 +21,7 @@ pub mod metrics;
 pub mod names;
 pub mod network;
 mod ops;
-mod pool;
+pub mod pool;
 pub mod record;
 mod recover;
 mod snapshot;
@@ -49,6 +49,7 @@ pub use tine_agent_proto::{ExecRequest, ExitStatus};
 pub use tine_hypervisor::{Accel, HvError};
 
 pub const MIN_MEMORY_MIB: u32 = 64;
+pub const DEFAULT_MEMORY_MIB: u32 = 256;
 pub const MAX_MEMORY_MIB: u32 = 64 * 1024;
 pub const MAX_VCPUS: u32 = 64;
 
@@ -119,6 +120,25 @@ pub struct RunRequest {
     /// `None`: the daemon's default (a network unless it runs without).
     #[serde(default)]
     pub network: Option<network::NetworkMode>,
+}
+
+impl RunRequest {
+    /// Memory, vCPUs and name: what can be checked before anything is made.
+    pub fn validate(&self) -> Result<(), ManagerError> {
+        ops::validate_size(self.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB), self.vcpus.unwrap_or(1))?;
+        if let Some(n) = &self.name {
+            names::validate_name(n).map_err(ManagerError::InvalidArgument)?;
+        }
+        Ok(())
+    }
+}
+
+/// Every exec needs a command; the agent bounds the rest.
+pub fn validate_exec(req: &ExecRequest) -> Result<(), ManagerError> {
+    if req.argv.is_empty() {
+        return Err(ManagerError::InvalidArgument("exec needs a command".into()));
+    }
+    Ok(())
 }
 
 /// What clients see of an instance.

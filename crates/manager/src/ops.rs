@@ -24,18 +24,15 @@ impl Manager {
     /// Create and boot an instance; returns once the guest agent answers.
     /// On any failure the half-made instance is removed entirely.
     pub async fn run(self: &Arc<Self>, req: RunRequest) -> Result<InstanceInfo, ManagerError> {
-        let memory_mib = req.memory_mib.unwrap_or(256);
+        req.validate()?;
+        let memory_mib = req.memory_mib.unwrap_or(crate::DEFAULT_MEMORY_MIB);
         let vcpus = req.vcpus.unwrap_or(1);
-        validate_size(memory_mib, vcpus)?;
         let image_name = req.image.clone().unwrap_or_else(|| "default".into());
         let image = image::load(&self.cfg.images_dir, &image_name)?;
         self.hv.check()?;
         let id = names::new_id();
         let name = match req.name {
-            Some(n) => {
-                names::validate_name(&n).map_err(ManagerError::InvalidArgument)?;
-                n
-            }
+            Some(n) => n,
             None => format!("vm-{}", &id[..6]),
         };
         let network = self.network_lease(req.network, &id)?;
@@ -352,9 +349,7 @@ impl Manager {
     }
 
     fn exec_slot(&self, name: &str, req: &ExecRequest) -> Result<Arc<Slot>, ManagerError> {
-        if req.argv.is_empty() {
-            return Err(ManagerError::InvalidArgument("exec needs a command".into()));
-        }
+        crate::validate_exec(req)?;
         let slot = self.slot(name)?;
         self.transition(&slot.record(), Op::Exec)?;
         Ok(slot)

@@ -38,6 +38,29 @@ pub struct PoolSpec {
     pub size: u32,
 }
 
+impl PoolSpec {
+    /// Size and source name: what can be checked without the daemon's state.
+    pub fn validate(&self) -> Result<(), ManagerError> {
+        if !(1..=MAX_POOL_SIZE).contains(&self.size) {
+            return Err(ManagerError::InvalidArgument(format!(
+                "pool size {} is out of range (1..={MAX_POOL_SIZE})",
+                self.size
+            )));
+        }
+        names::validate_name(&self.source).map_err(ManagerError::InvalidArgument)
+    }
+}
+
+/// Parse `pools.json` (what `save_pools` wrote); every spec must be valid.
+pub fn parse_pools(bytes: &[u8]) -> Result<Vec<PoolSpec>, ManagerError> {
+    let specs: Vec<PoolSpec> = serde_json::from_slice(bytes)
+        .map_err(|e| ManagerError::Failed(format!("malformed pools.json: {e}")))?;
+    for spec in &specs {
+        spec.validate()?;
+    }
+    Ok(specs)
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PoolInfo {
     #[serde(flatten)]
@@ -100,12 +123,7 @@ impl Manager {
 
     /// Create or resize a pool; entries are made in the background.
     pub async fn pool_set(self: &Arc<Self>, spec: PoolSpec) -> Result<PoolInfo, ManagerError> {
-        if !(1..=MAX_POOL_SIZE).contains(&spec.size) {
-            return Err(ManagerError::InvalidArgument(format!(
-                "pool size {} is out of range (1..={MAX_POOL_SIZE})",
-                spec.size
-            )));
-        }
+        spec.validate()?;
         // The source must be forkable now (fails early with a clear error).
         let probe = ForkRequest {
             source: spec.source.clone(),
@@ -189,7 +207,7 @@ impl Manager {
         let Ok(bytes) = std::fs::read(self.cfg.data_dir.join(POOLS_FILE)) else {
             return;
         };
-        let specs: Vec<PoolSpec> = match serde_json::from_slice(&bytes) {
+        let specs = match parse_pools(&bytes) {
             Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "ignoring a malformed pools.json");
