@@ -593,6 +593,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_largest_exec_timeout_an_api_client_can_ask_for_is_accepted() {
+        let (client, mut peer, _dir) = pair().await;
+        let mut req = ExecRequest::new(["true"]);
+        req.timeout_ms = Some(u64::MAX);
+        let call = tokio::spawn(async move { client.exec(req).await });
+        let id = peer.request().await.id;
+
+        let status = ExitStatus {
+            code: Some(0),
+            signal: None,
+            timed_out: false,
+        };
+        peer.send(&frame(Some(id), Reply::Exit(status))).await;
+
+        assert_eq!(call.await.unwrap().unwrap().status, status);
+    }
+
+    #[tokio::test]
     async fn requests_over_the_frame_limit_are_refused_locally() {
         let (client, _peer, _dir) = pair().await;
 
