@@ -396,7 +396,7 @@ impl Manager {
         let _ = slot.update(|r| {
             r.state = State::Error;
             r.process = None;
-            r.error = Some(chain(err));
+            r.error = Some(crate::error::clip(chain(err), crate::error::MAX_RECORDED_ERROR));
         });
     }
 
@@ -460,10 +460,24 @@ pub(crate) fn remove_dir(dir: &std::path::Path) -> Result<(), ManagerError> {
     }
 }
 
+/// The last `lines` lines of a log the guest writes (console) or can make
+/// QEMU write: only its last 16 KiB are read and each line is cut to 200
+/// bytes, since the text ends up in error messages and records.
 pub(crate) fn console_tail(path: &std::path::Path, lines: usize) -> String {
-    let text = std::fs::read(path).unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
-    let all: Vec<&str> = text.lines().collect();
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 16 << 10;
+    let mut buf = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if f.seek(SeekFrom::Start(len.saturating_sub(TAIL))).is_ok() {
+            let _ = f.take(TAIL).read_to_end(&mut buf);
+        }
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let all: Vec<String> = text
+        .lines()
+        .map(|l| crate::error::clip(l.to_string(), 200))
+        .collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
@@ -476,4 +490,31 @@ pub struct BootTimes {
 
 pub(crate) fn ms(t0: Instant) -> f64 {
     t0.elapsed().as_secs_f64() * 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_tail_of_a_flooded_log_is_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        let mut text = "x".repeat(8 << 20);
+        text.push_str("\nlast words\n");
+        std::fs::write(&log, text).unwrap();
+
+        let tail = console_tail(&log, 8);
+
+        assert!(tail.len() <= 2 * 200, "{}", tail.len());
+        assert!(tail.ends_with("last words"), "{tail}");
+    }
+
+    #[test]
+    fn a_recorded_error_is_clipped_on_a_character_boundary() {
+        let text = crate::error::clip("é".repeat(10_000), MAX);
+        assert!(text.len() <= MAX && text.ends_with('…'));
+    }
+
+    const MAX: usize = crate::error::MAX_RECORDED_ERROR;
 }
