@@ -21,9 +21,9 @@ DAEMON=$!
 cleanup() {
     "$TINE" pool rm web2 --template >/dev/null 2>&1 || true
     "$TINE" rm -f web w >/dev/null 2>&1 || true
+    "$TINE" system cleanup >/dev/null 2>&1 || true
     kill "$DAEMON" 2>/dev/null || true
     wait "$DAEMON" 2>/dev/null || true
-    "$TINE" system cleanup >/dev/null 2>&1 || true
     rm -rf "$D" "$D.log"
 }
 trap cleanup EXIT
@@ -48,10 +48,15 @@ cp "$D/pools.json" "$C/pools_json/seed-1.json"
 cp "$D/network.json" "$C/network_json/seed-1.json"
 cp "$IMAGES/default/manifest.json" "$C/image_manifest/seed-1.json"
 # Device state: its first 4 KiB (tine only sizes and checksums it).
-head -c 4096 "$D"/instances/*/vmstate | head -c 4096 >"$C/state_digest/seed-1.bin"
-# Memory: 64 KiB of real guest RAM (the memory_zst target expects that size),
-# compressed with zstd level 3 like `--compress 3`, plus the same run of zeros.
-mem=$(ls "$D"/instances/*/memory | head -n 1)
-dd if="$mem" bs=64K skip=16 count=1 status=none | zstd -3 -q -c >"$C/memory_zst/seed-1.zst"
+web=$(dirname "$(grep -l '"name": "web"' "$D"/instances/*/instance.json)")
+head -c 4096 "$web/vmstate" >"$C/state_digest/seed-1.bin"
+# Memory: 64 KiB of web's real guest RAM (the memory_zst target expects that
+# size, the first block with data), compressed with zstd level 3 like
+# `--compress zstd:3`; and 64 KiB of zeros.
+mem=$web/memory
+for skip in $(seq 16 4096); do
+    dd if="$mem" bs=64K skip="$skip" count=1 status=none | zstd -3 -q -c >"$C/memory_zst/seed-1.zst"
+    [ "$(stat -c %s "$C/memory_zst/seed-1.zst")" -gt 4096 ] && break
+done
 head -c 65536 /dev/zero | zstd -3 -q -c >"$C/memory_zst/seed-2.zst"
 echo "seeds written under $C"

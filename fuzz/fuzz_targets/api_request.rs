@@ -8,8 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
 use tine_agent_proto::{encode, parse_request, Op, Request};
 use tine_api::types::{
-    ExecRequest, ForkRequest, PoolSpec, PromoteRequest, RestoreRequest, RunRequest,
-    SnapshotRequest,
+    ExecRequest, ForkRequest, PoolSpec, PromoteRequest, RestoreRequest, RunRequest, SnapshotRequest,
 };
 use tine_manager::names::validate_name;
 
@@ -51,7 +50,10 @@ fuzz_target!(|data: &[u8]| {
             // come back as the same request.
             if let Some(r) = body::<ExecRequest>(rest) {
                 if tine_manager::validate_exec(&r).is_ok() {
-                    let req = Request { id: 1, op: Op::Exec(r) };
+                    let req = Request {
+                        id: 1,
+                        op: Op::Exec(r),
+                    };
                     let line = encode(&req);
                     assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
                     assert_eq!(parse_request(&line[..line.len() - 1]).unwrap(), req);

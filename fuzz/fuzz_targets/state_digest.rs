@@ -8,7 +8,10 @@ use tine_manager::integrity::digest_of;
 
 fuzz_target!(|data: &[u8]| {
     let d = digest_of(data).unwrap();
-    assert_eq!((d.bytes, d.crc32), (data.len() as u64, crc32fast::hash(data)));
+    assert_eq!(
+        (d.bytes, d.crc32),
+        (data.len() as u64, crc32fast::hash(data))
+    );
     if let Some((&first, rest)) = data.split_first() {
         assert_ne!(digest_of(rest).unwrap(), d);
         let mut flipped = data.to_vec();

@@ -44,17 +44,29 @@ impl AgentSlot {
     /// Forget the connection (the VM stopped or the link broke).
     pub(crate) fn reset(&self) {
         let mut s = self.lock();
-        *s = Conn { epoch: s.epoch + 1, ..Conn::default() };
+        *s = Conn {
+            epoch: s.epoch + 1,
+            ..Conn::default()
+        };
     }
 
     /// Keep `client` unless the slot was reset or reconnected since `epoch`.
-    fn set(&self, epoch: u64, path: &Path, client: AgentClient) -> Result<Arc<AgentClient>, AgentError> {
+    fn set(
+        &self,
+        epoch: u64,
+        path: &Path,
+        client: AgentClient,
+    ) -> Result<Arc<AgentClient>, AgentError> {
         let mut s = self.lock();
         if s.epoch != epoch {
             return Err(AgentError::Disconnected);
         }
         let c = Arc::new(client);
-        *s = Conn { path: Some(path.to_path_buf()), client: Some(c.clone()), epoch: epoch + 1 };
+        *s = Conn {
+            path: Some(path.to_path_buf()),
+            client: Some(c.clone()),
+            epoch: epoch + 1,
+        };
         Ok(c)
     }
 
@@ -86,7 +98,11 @@ impl AgentSlot {
 }
 
 /// Wait until the agent at `path` answers, and keep the connection.
-pub(crate) async fn wait_ready(slot: &AgentSlot, path: &Path, timeout: Duration) -> Result<(), AgentError> {
+pub(crate) async fn wait_ready(
+    slot: &AgentSlot,
+    path: &Path,
+    timeout: Duration,
+) -> Result<(), AgentError> {
     slot.reset();
     let epoch = slot.lock().epoch;
     let _one = slot.connecting.lock().await;
@@ -123,7 +139,11 @@ pub(crate) async fn exec_stream(
                 () = tx.closed() => return,
             };
             let Some(ev) = ev else { return };
-            if tx.send(ev.map_err(|e| crate::error::chain(&e))).await.is_err() {
+            if tx
+                .send(ev.map_err(|e| crate::error::chain(&e)))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -203,7 +223,10 @@ mod tests {
     async fn next_request(peer: &mut BufReader<UnixStream>) -> String {
         loop {
             let mut line = String::new();
-            assert!(peer.read_line(&mut line).await.unwrap() > 0, "client hung up");
+            assert!(
+                peer.read_line(&mut line).await.unwrap() > 0,
+                "client hung up"
+            );
             if !line.trim().is_empty() {
                 return line;
             }
@@ -222,7 +245,10 @@ mod tests {
         slot.reset();
         let result = call.await.unwrap();
 
-        assert!(matches!(result, Err(AgentError::Disconnected)), "{result:?}");
+        assert!(
+            matches!(result, Err(AgentError::Disconnected)),
+            "{result:?}"
+        );
         let state = slot.lock();
         assert!(state.client.is_none() && state.path.is_none());
     }

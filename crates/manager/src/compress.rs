@@ -223,7 +223,10 @@ mod tests {
         unpack(&packed[..], &mut exact, 5000, p).unwrap();
 
         assert!(matches!(long, CompressError::WrongSize { .. }), "{long:?}");
-        assert!(matches!(short, CompressError::WrongSize { .. }), "{short:?}");
+        assert!(
+            matches!(short, CompressError::WrongSize { .. }),
+            "{short:?}"
+        );
         assert_eq!(exact, [1u8; 5000]);
     }
 

@@ -104,14 +104,18 @@ impl ForkRequest {
             )));
         }
         let names: Vec<String> = if base.contains("{i}") {
-            (1..=count).map(|i| base.replace("{i}", &i.to_string())).collect()
+            (1..=count)
+                .map(|i| base.replace("{i}", &i.to_string()))
+                .collect()
         } else if count == 1 {
             vec![base]
         } else {
             (1..=count).map(|i| format!("{base}-{i}")).collect()
         };
         if names.iter().collect::<std::collections::HashSet<_>>().len() != names.len() {
-            return Err(ManagerError::InvalidArgument("the name template gives duplicate names".into()));
+            return Err(ManagerError::InvalidArgument(
+                "the name template gives duplicate names".into(),
+            ));
         }
         for n in &names {
             names::validate_name(n).map_err(ManagerError::InvalidArgument)?;
@@ -654,7 +658,12 @@ mod tests {
     use super::*;
 
     fn req(name: &str, count: u32) -> ForkRequest {
-        ForkRequest { source: "src".into(), name: Some(name.into()), count: Some(count), ..Default::default() }
+        ForkRequest {
+            source: "src".into(),
+            name: Some(name.into()),
+            count: Some(count),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -666,7 +675,9 @@ mod tests {
 
     #[test]
     fn a_template_too_long_to_give_a_valid_name_is_refused_before_expansion() {
-        let err = req(&"{i}".repeat(300_000), MAX_FORKS_PER_REQUEST).names().unwrap_err();
+        let err = req(&"{i}".repeat(300_000), MAX_FORKS_PER_REQUEST)
+            .names()
+            .unwrap_err();
         assert!(err.to_string().contains("too long"), "{err}");
     }
 

@@ -17,7 +17,8 @@ pub struct Manifest {
 /// Parse a manifest: schema 1, and file names that stay inside the image
 /// directory.
 pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
-    let m: Manifest = serde_json::from_slice(bytes).map_err(|e| format!("bad manifest.json: {e}"))?;
+    let m: Manifest =
+        serde_json::from_slice(bytes).map_err(|e| format!("bad manifest.json: {e}"))?;
     if m.schema != 1 {
         return Err(format!("manifest schema {} is not supported", m.schema));
     }
@@ -100,7 +101,10 @@ mod tests {
 
     #[test]
     fn plain_file_names_are_accepted() {
-        assert_eq!(parse_manifest(&manifest("vmlinux")).unwrap().kernel, "vmlinux");
+        assert_eq!(
+            parse_manifest(&manifest("vmlinux")).unwrap().kernel,
+            "vmlinux"
+        );
     }
 
     #[test]

@@ -125,7 +125,10 @@ pub struct RunRequest {
 impl RunRequest {
     /// Memory, vCPUs and name: what can be checked before anything is made.
     pub fn validate(&self) -> Result<(), ManagerError> {
-        ops::validate_size(self.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB), self.vcpus.unwrap_or(1))?;
+        ops::validate_size(
+            self.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
+            self.vcpus.unwrap_or(1),
+        )?;
         if let Some(n) = &self.name {
             names::validate_name(n).map_err(ManagerError::InvalidArgument)?;
         }

@@ -396,7 +396,10 @@ impl Manager {
         let _ = slot.update(|r| {
             r.state = State::Error;
             r.process = None;
-            r.error = Some(crate::error::clip(chain(err), crate::error::MAX_RECORDED_ERROR));
+            r.error = Some(crate::error::clip(
+                chain(err),
+                crate::error::MAX_RECORDED_ERROR,
+            ));
         });
     }
 

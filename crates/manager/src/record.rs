@@ -122,10 +122,11 @@ impl InstanceRecord {
                 found: v.schema,
             });
         }
-        let rec: InstanceRecord = serde_json::from_slice(bytes).map_err(|e| RecordError::Malformed {
-            path: path.into(),
-            source: e,
-        })?;
+        let rec: InstanceRecord =
+            serde_json::from_slice(bytes).map_err(|e| RecordError::Malformed {
+                path: path.into(),
+                source: e,
+            })?;
         rec.check().map_err(|problem| RecordError::Invalid {
             path: path.into(),
             problem,
