@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
         0 => {
             if let Some(r) = body::<RunRequest>(rest) {
                 if r.validate().is_ok() {
-                    assert!(r.name.as_deref().map_or(true, is_name));
+                    assert!(r.name.as_deref().is_none_or(is_name));
                 }
             }
         }
