@@ -5,13 +5,13 @@
 # Any panic or failed assertion fails the script; the input that caused it is
 # saved under fuzz/artifacts/<target>/.
 #
-#   scripts/fuzz.sh                      # CI budget
-#   FUZZ_RUNS=2000000 scripts/fuzz.sh    # a longer hunt
-#   scripts/fuzz.sh agent_stream         # one target
+#   scripts/fuzz.sh                                   # CI budget
+#   FUZZ_RELEASE=1 FUZZ_RUNS=5000000 scripts/fuzz.sh  # a longer hunt
+#   scripts/fuzz.sh agent_stream                      # one target
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-RUNS=${FUZZ_RUNS:-20000}
+RUNS=${FUZZ_RUNS:-50000}
 SEED=${FUZZ_SEED:-1}
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -23,6 +23,9 @@ export RUSTC_BOOTSTRAP=1
 # No sanitizer: the targets are safe Rust, whose bugs are panics, and the C
 # in zstd-sys would not be instrumented anyway; this halves build and run time.
 FLAGS=(--sanitizer none)
+# Unoptimized by default: half the build time, and a short budget runs fast
+# enough. Overflow checks and debug assertions are on either way.
+[ -n "${FUZZ_RELEASE:-}" ] || FLAGS+=(--dev)
 
 # A separate target dir: different flags from the workspace's builds.
 unset CARGO_TARGET_DIR
