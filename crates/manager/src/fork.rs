@@ -270,6 +270,8 @@ impl Manager {
         let image = image::load(&self.cfg.images_dir, &base.image)?;
         let parallel = req.parallel.unwrap_or(4).clamp(1, 32) as usize;
         let sem = Arc::new(Semaphore::new(parallel));
+        // Refills of the source's pool wait until the burst is done.
+        let burst = self.pool_burst(&base);
         let base = Arc::new(base);
         let mut tasks = Vec::new();
         for name in names {
@@ -295,6 +297,7 @@ impl Manager {
                     .map_err(|e| ManagerError::Failed(format!("fork task: {e}")))?,
             );
         }
+        drop(burst);
         if let Some(staging) = &base.staging {
             // Forks hold their own links and copies now.
             let _ = remove_dir(staging);

@@ -15,7 +15,7 @@
 //! `DATA_DIR/pools.json` and are refilled at daemon start.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -56,8 +56,24 @@ pub(crate) struct Pool {
     key: Mutex<Option<String>>,
     entries: Mutex<Vec<(Arc<Slot>, VmProcess)>>,
     filling: AtomicBool,
+    /// Fork bursts from this pool's source under way: refills wait for
+    /// them, so new QEMUs do not compete with the claims for the CPU.
+    bursts: AtomicUsize,
     hits: AtomicU64,
     misses: AtomicU64,
+}
+
+/// Marks a fork burst from a pooled source; when it ends, the pool refills.
+pub(crate) struct Burst {
+    mgr: Arc<Manager>,
+    pool: Arc<Pool>,
+}
+
+impl Drop for Burst {
+    fn drop(&mut self) {
+        self.pool.bursts.fetch_sub(1, Ordering::AcqRel);
+        self.mgr.refill(self.pool.clone());
+    }
 }
 
 fn pool_id(from: ForkFrom, source: &str) -> String {
@@ -124,6 +140,7 @@ impl Manager {
             key: Mutex::new(None),
             entries: Mutex::new(Vec::new()),
             filling: AtomicBool::new(false),
+            bursts: AtomicUsize::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         });
@@ -226,6 +243,10 @@ impl Manager {
                 {
                     break;
                 }
+                if pool.bursts.load(Ordering::Acquire) > 0 {
+                    // The burst's end starts another refill.
+                    break;
+                }
                 if let Err(e) = mgr.prefill_one(&pool).await {
                     warn!(source = pool.spec.source, error = %chain(&e), "pool refill failed");
                     break;
@@ -303,6 +324,21 @@ impl Manager {
             mapping: MemoryMapping::Private,
             ram_in_state: base.ram_in_state,
         }
+    }
+
+    /// Mark a fork burst from `base`'s source, if it has a pool.
+    pub(crate) fn pool_burst(self: &Arc<Self>, base: &Base) -> Option<Burst> {
+        let pool = self
+            .pools
+            .lock()
+            .expect("pools")
+            .get(&pool_id(base.from, &base.source))
+            .cloned()?;
+        pool.bursts.fetch_add(1, Ordering::AcqRel);
+        Some(Burst {
+            mgr: self.clone(),
+            pool,
+        })
     }
 
     /// Take a ready entry made from `base`, if any (a miss triggers nothing
