@@ -133,6 +133,9 @@ impl Manager {
         let restoring = matches!(boot, Boot::Restore { .. });
         let t0 = Instant::now();
         let proc = self.hv.start(&spec, boot).await?;
+        // The VM runs (a restore: state loaded, resumed) but no record names it yet.
+        crate::failpoint::hit("vm-started", &rec.name)
+            .inspect_err(|_| tine_hypervisor::qemu::kill(&proc))?;
         let running_ms = ms(t0);
         self.finish_boot(slot, proc, t0, running_ms, identity, restoring)
             .await

@@ -149,6 +149,7 @@ impl Manager {
             if slot.record().process.is_some() {
                 // The guest ran: its memory file moved on, the parked state is gone.
                 self.fail(slot, &e).await;
+                let _ = std::fs::remove_file(&state_file);
                 return Err(e);
             }
             // Nothing ran: the parked files are intact, stay in Standby.

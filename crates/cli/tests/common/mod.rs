@@ -184,13 +184,17 @@ impl Daemon {
     }
 
     pub fn tine(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_tine"))
-            .arg("--data-dir")
+        self.command(args).output().unwrap()
+    }
+
+    /// The `tine ARGS` command against this daemon, not yet run.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tine"));
+        c.arg("--data-dir")
             .arg(&self.data_dir)
             .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+            .stdin(Stdio::null());
+        c
     }
 
     /// Run a CLI command that must succeed; returns stdout.

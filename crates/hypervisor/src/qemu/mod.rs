@@ -298,6 +298,29 @@ impl Hypervisor for Qemu {
         })
     }
 
+    fn find_process(&self, run_dir: &Path) -> Option<VmProcess> {
+        let text = std::fs::read_to_string(run_dir.join(PID_FILE)).ok()?;
+        let proc = VmProcess::of_pid(text.trim().parse().ok()?).ok()?;
+        // A reused pid is some other process: it must name this directory.
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", proc.pid)).ok()?;
+        let pid_file = run_dir.join(PID_FILE);
+        let named = cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == pid_file.as_os_str().as_encoded_bytes());
+        named.then_some(proc)
+    }
+
+    async fn vcpus_running(&self, run_dir: &Path) -> Result<bool, HvError> {
+        let status = Self::qmp(run_dir)
+            .await?
+            .execute("query-status", None)
+            .await?;
+        Ok(status
+            .get("running")
+            .and_then(|r| r.as_bool())
+            .unwrap_or(false))
+    }
+
     async fn stop(&self, run_dir: &Path, proc: &VmProcess, grace: Duration) -> Result<(), HvError> {
         if !process_alive(proc) {
             return Ok(());
