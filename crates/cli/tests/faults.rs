@@ -13,6 +13,7 @@
 //! | snapshot | `capture-paused` (source paused, state saved) | daemon | source resumed, no snapshot |
 //! | snapshot | `capture-paused` | QEMU | snapshot fails, none made; source error; start boots |
 //! | fork (standby source) | `vm-started` of the fork | QEMU | fork fails, none left; source files untouched |
+//! | fork (standby source) | `fork-name` (files not yet copied) | — (a restore of the source meanwhile) | the restore waits; fork and source both intact |
 //! | fork (running source) | `capture-paused` | daemon | source resumed, no fork, no staging |
 //! | fork (running source) | `capture-paused` | source's QEMU | fork fails, none made; source error |
 //! | fork (running source) | `vm-started` of the fork | daemon | fork and its VM gone, source runs on |
@@ -437,4 +438,38 @@ fn fork_from_running_daemon_killed_after_the_fork_vm_started_removes_the_fork_an
     assert_eq!(d.sh("src", "cat /run/counter.pid").trim(), pid);
     d.ok(&["fork", "src", "--from-running", "--name", "kid"]);
     assert_eq!(d.sh("kid", "cat /root/before"), "kept\n");
+}
+
+#[test]
+fn restoring_a_source_while_a_fork_copies_its_files_waits_and_both_stay_intact() {
+    assert_failpoints();
+    let mut d = Daemon::start();
+    let pid = running_vm(&d, "src");
+    d.ok(&["standby", "src"]);
+    arm(&mut d, "fork-name=pause:kid");
+
+    let mut fork = background(&d, &["fork", "src", "--name", "kid"]);
+    wait_paused(&d, "fork-name", &mut fork);
+    let mut restore = background(&d, &["restore", "src"]);
+    let deadline = Instant::now() + HANG;
+    while restore.try_wait().unwrap().is_none() && !d.log().contains("waiting for forks being made")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "restore neither waited nor finished:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    release(&d, "fork-name");
+    let (forked, fork_err) = finish(fork);
+    let (restored, restore_err) = finish(restore);
+
+    assert!(forked, "{fork_err}");
+    assert!(restored, "{restore_err}");
+    assert_eq!(d.sh("kid", "cat /root/before"), "kept\n");
+    assert_eq!(d.sh("kid", "cat /run/counter.pid").trim(), pid);
+    assert_counts_on(&d, "src");
+    assert_eq!(d.sh("src", "cat /run/counter.pid").trim(), pid);
+    assert_consistent(&d);
 }

@@ -177,6 +177,7 @@ impl Manager {
         }
         let slot = self.slot(into)?;
         let _g = slot.op.lock().await;
+        let _files = slot.own_files().await;
         let rec = slot.record();
         if rec.state.has_process() {
             return Err(ManagerError::Conflict {

@@ -72,6 +72,7 @@ pub(crate) async fn load_all(mgr: &Arc<Manager>) -> Result<(), ManagerError> {
             id: rec.id.clone(),
             dir: path.clone(),
             op: tokio::sync::Mutex::new(()),
+            files: Default::default(),
             rec: Mutex::new(rec),
             agent: agent::AgentSlot::default(),
         });

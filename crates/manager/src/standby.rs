@@ -122,6 +122,7 @@ impl Manager {
         self: &Arc<Self>,
         slot: &Arc<Slot>,
     ) -> Result<(), ManagerError> {
+        let _files = slot.own_files().await;
         let rec = slot.record();
         // Warm forks of this parked state would outlive it: drop them.
         self.pool_invalidate(crate::ForkFrom::Instance, &rec.name)

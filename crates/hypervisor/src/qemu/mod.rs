@@ -281,6 +281,12 @@ impl Hypervisor for Qemu {
     ) -> Result<SaveReport, HvError> {
         let mut q = Self::qmp(run_dir).await?;
         let t0 = Instant::now();
+        let status = q.execute("query-status", None).await?;
+        if status.get("status").and_then(|s| s.as_str()) == Some("postmigrate") {
+            // A paused VM saved before: QEMU refuses to migrate it again
+            // until its vCPUs have run, so let them run for an instant.
+            q.execute("cont", None).await?;
+        }
         q.execute("stop", None).await?;
         let pause_ms = t0.elapsed().as_secs_f64() * 1e3;
         set_ignore_shared(&mut q, ram == RamSave::InMemoryFile).await?;
