@@ -341,3 +341,55 @@ fn twenty_clients_of_mixed_operations_lose_nothing_and_leave_healthy_vms() {
         0
     );
 }
+
+// Races the load test found, made deterministic.
+
+#[test]
+fn a_paused_vm_can_be_captured_twice_and_then_parked() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "p"]);
+    d.ok(&["pause", "p"]);
+
+    d.ok(&["snapshot", "create", "p", "--name", "one"]);
+    d.ok(&["snapshot", "create", "p", "--name", "two"]);
+    d.ok(&["standby", "p"]);
+
+    d.ok(&["restore", "p"]);
+    assert_eq!(d.sh("p", "echo ok"), "ok\n");
+}
+
+#[test]
+fn an_exec_cut_off_by_a_standby_is_refused_with_409_not_502() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "e"]);
+    let sock = d.data_dir.join("tine.sock");
+    let exec = std::thread::spawn(move || {
+        let argv = json!(["sh", "-c", "touch /run/started; sleep 600"]);
+        call(
+            &sock,
+            "POST",
+            "/v1/instances/e/exec",
+            Some(json!({ "argv": argv })),
+        )
+    });
+    let deadline = Instant::now() + HANG;
+    while d
+        .sh("e", "test -e /run/started && echo y || true")
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the exec never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    d.ok(&["standby", "e"]);
+    let (status, body) = exec.join().unwrap();
+
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("became standby while the command ran"),
+        "{body}"
+    );
+}

@@ -491,7 +491,7 @@ impl Manager {
         };
         let info = self.snapshot_create_inner(req, true).await?;
         self.remove(&rec.name, false).await?;
-        Ok(self.snapshot(&info.record.name, true)?)
+        self.snapshot(&info.record.name, true)
     }
 
     /// Replace a stopped/standby instance's state with a snapshot's, or
