@@ -165,12 +165,13 @@ pub trait Hypervisor: Send + Sync {
         Ok(proc)
     }
 
-    /// Start the VM process; for a restore, leave it waiting for its state
-    /// (so a warm pool can start processes ahead of a fork request).
+    /// Start the VM process; for a restore, load its state but leave its
+    /// vCPUs stopped (so a warm pool can start processes ahead of a fork
+    /// request, and a claim only resumes them).
     async fn prestart(&self, spec: &VmSpec, boot: &Boot) -> Result<VmProcess, HvError>;
 
-    /// Load a prestarted VM's saved state and resume it. On failure the
-    /// process is killed.
+    /// Resume a prestarted VM once its saved state is loaded. On failure
+    /// the process is killed.
     async fn load(&self, run_dir: &Path, proc: &VmProcess, boot: &Boot) -> Result<(), HvError>;
 
     /// Paths of the agent socket and console log for a spec.

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tine_hypervisor::{Accel, Boot, MemoryMapping};
-use tokio::sync::{OwnedRwLockReadGuard, Semaphore};
+use tokio::sync::{OwnedRwLockReadGuard, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use crate::agent::Identity;
@@ -231,6 +231,7 @@ impl Manager {
     ) -> Result<ForkReport, ManagerError> {
         let t0 = Instant::now();
         let names = self.fork_names(&req)?;
+        let ticket = self.admit_fork(&req, names.len() as u32)?;
         let (base, pause_ms) = self.fork_base(&req).await?;
         if !base.has_state && req.target == ForkTarget::Standby {
             return Err(ManagerError::InvalidArgument(
@@ -245,10 +246,14 @@ impl Manager {
         let mut tasks = Vec::new();
         for name in names {
             let (mgr, base, image, sem) = (self.clone(), base.clone(), image.clone(), sem.clone());
-            let (target, progress) = (req.target, progress.clone());
+            let (target, progress, ticket) = (req.target, progress.clone(), ticket.clone());
             tasks.push(tokio::spawn(async move {
-                let _permit = sem.acquire().await.expect("semaphore");
-                let out = mgr.fork_one(&base, &image, name, target, t0).await;
+                let permit = sem.acquire_owned().await.expect("semaphore");
+                let out = mgr.fork_one(&base, &image, name, target, t0, permit).await;
+                // Running (and counted) or gone: its share of the admission is done.
+                if let Some(t) = &ticket {
+                    t.release_one();
+                }
                 if let Some(p) = progress {
                     let _ = p.send(out.clone()).await;
                 }
@@ -401,7 +406,7 @@ impl Manager {
             State::Standby => Ok((Base::of_instance(slot.dir.clone(), &rec, None, &req.source).holding(&slot).await, None)),
             State::Running | State::Paused if req.from_running => {
                 let staging = self.cfg.data_dir.join("staging").join(names::new_id());
-                std::fs::create_dir_all(&staging).map_err(|e| ManagerError::io("create staging directory", e))?;
+                crate::ops::create_private_dir(&staging)?;
                 match self.capture(&slot, &rec, &staging, SnapshotKind::Standby).await {
                     Ok(c) => Ok((Base::of_instance(staging.clone(), &rec, Some(staging), &req.source), c.pause_ms)),
                     Err(e) => {
@@ -428,7 +433,9 @@ impl Manager {
         name: String,
         target: ForkTarget,
         t0: Instant,
+        permit: OwnedSemaphorePermit,
     ) -> ForkOutcome {
+        let mut permit = Some(permit);
         let mut out = ForkOutcome {
             name: name.clone(),
             instance: None,
@@ -439,7 +446,7 @@ impl Manager {
         if target == ForkTarget::Running && base.has_state {
             tracing::debug!(name, before_claim_ms = ms(t0), "fork ready to claim");
             if let Some((slot, proc, boot)) = self.pool_take(base) {
-                match self.claim(slot, proc, boot, &name, t0).await {
+                match self.claim(slot, proc, boot, &name, t0, &mut permit).await {
                     Ok((slot, times)) => {
                         let _ = std::fs::remove_file(slot.dir.join(STATE_FILE));
                         let _ = slot.update(|r| r.ram_in_state = false);
@@ -452,13 +459,13 @@ impl Manager {
                         // not fail the fork: drop it and make one cold.
                         warn!(name, error = %chain(&e), "pool entry failed; forking without it");
                         self.discard(&slot).await;
-                        return self.fork_cold(base, image, name, target, t0).await;
+                        return self.fork_cold(base, image, name, target, t0, permit).await;
                     }
                 }
                 return out;
             }
         }
-        self.fork_cold(base, image, name, target, t0).await
+        self.fork_cold(base, image, name, target, t0, permit).await
     }
 
     async fn fork_cold(
@@ -468,6 +475,7 @@ impl Manager {
         name: String,
         target: ForkTarget,
         t0: Instant,
+        permit: Option<OwnedSemaphorePermit>,
     ) -> ForkOutcome {
         let mut out = ForkOutcome {
             name: name.clone(),
@@ -532,7 +540,7 @@ impl Manager {
                     Boot::Fresh
                 };
                 let offset = t0.elapsed();
-                self.boot(&slot, image, boot, Some(Identity::new(&name)))
+                self.boot(&slot, image, boot, Some(Identity::new(&name)), permit)
                     .await
                     .map(|t| Some(shift(t, offset)))
             }

@@ -8,6 +8,7 @@
 //! operation. The manager knows neither HTTP nor QEMU: it talks to a
 //! [`Hypervisor`] and to the guest agent.
 
+pub mod admission;
 mod agent;
 mod base;
 mod compress;
@@ -25,6 +26,7 @@ mod pool;
 pub mod record;
 mod recover;
 mod snapshot;
+mod space;
 mod standby;
 pub mod state;
 
@@ -65,6 +67,8 @@ pub struct Config {
     pub fork_memory: ForkMemory,
     /// Bridge, subnet and DNS for instances' networks.
     pub network: network::NetworkOptions,
+    /// Caps, the memory budget and the disk reserve (`admission.rs`).
+    pub limits: admission::Limits,
 }
 
 /// How a fork gets its memory file.
@@ -104,6 +108,7 @@ impl Config {
             boot_timeout: Duration::from_secs(180),
             fork_memory: ForkMemory::Link,
             network: network::NetworkOptions::default(),
+            limits: admission::Limits::detect(),
         }
     }
 }
@@ -211,6 +216,7 @@ pub struct Manager {
     pools: pool::Pools,
     net: network::Network,
     metrics: Arc<metrics::Metrics>,
+    admission: admission::Admission,
 }
 
 impl Manager {
@@ -223,8 +229,7 @@ impl Manager {
             },
             None => tine_hypervisor::detect_accel(),
         };
-        std::fs::create_dir_all(cfg.data_dir.join("instances"))
-            .map_err(|e| ManagerError::io(format!("create {}", cfg.data_dir.display()), e))?;
+        ops::create_private_dir(&cfg.data_dir.join("instances"))?;
         let snaps = snapshot::load_store(&cfg.data_dir.join("snapshots"))?;
         let net = network::Network::open(&cfg.network, &cfg.data_dir)?;
         let mgr = Arc::new(Manager {
@@ -236,7 +241,10 @@ impl Manager {
             pools: Default::default(),
             net,
             metrics: Default::default(),
+            admission: Default::default(),
         });
+        // Probe now, while there is room for the probe's inodes.
+        mgr.reflinks();
         recover::load_all(&mgr).await?;
         mgr.network_recover().await?;
         mgr.load_pools();

@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::OwnedSemaphorePermit;
 
 use tine_hypervisor::{Boot, VmProcess, VmSpec};
 use tracing::{info, warn};
@@ -27,6 +28,12 @@ impl Manager {
         let memory_mib = req.memory_mib.unwrap_or(256);
         let vcpus = req.vcpus.unwrap_or(1);
         validate_size(memory_mib, vcpus)?;
+        let _ticket = self.admit(crate::admission::Demand {
+            what: "run",
+            count: 1,
+            memory_mib,
+            vcpus,
+        })?;
         let image_name = req.image.clone().unwrap_or_else(|| "default".into());
         let image = image::load(&self.cfg.images_dir, &image_name)?;
         self.hv.check()?;
@@ -91,8 +98,7 @@ impl Manager {
             return Err(ManagerError::AlreadyExists(record.name));
         }
         let dir = self.instance_dir(&record.id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| ManagerError::io(format!("create {}", dir.display()), e))?;
+        create_private_dir(&dir)?;
         record
             .save(&dir)
             .map_err(|e| ManagerError::io(format!("save record in {}", dir.display()), e))?;
@@ -114,7 +120,9 @@ impl Manager {
         image: &Image,
     ) -> Result<(), ManagerError> {
         create_overlay(&image.rootfs, &slot.dir.join(ROOT_DISK)).await?;
-        self.boot(slot, image, Boot::Fresh, None).await.map(|_| ())
+        self.boot(slot, image, Boot::Fresh, None, None)
+            .await
+            .map(|_| ())
     }
 
     /// Start the VM process (the only caller of `Hypervisor::start`), record
@@ -126,6 +134,7 @@ impl Manager {
         image: &Image,
         boot: Boot,
         identity: Option<agent::Identity>,
+        until_running: Option<OwnedSemaphorePermit>,
     ) -> Result<BootTimes, ManagerError> {
         let rec = slot.record();
         let spec = self.spec(slot, &rec, image);
@@ -134,6 +143,8 @@ impl Manager {
         let restoring = matches!(boot, Boot::Restore { .. });
         let t0 = Instant::now();
         let proc = self.hv.start(&spec, boot).await?;
+        // A burst's concurrency slot bounds VM starts, not agent waits.
+        drop(until_running);
         // The VM runs (a restore: state loaded, resumed) but no record names it yet.
         crate::failpoint::hit("vm-started", &rec.name)
             .inspect_err(|_| tine_hypervisor::qemu::kill(&proc))?;
@@ -264,8 +275,9 @@ impl Manager {
         if rec.state == State::Standby {
             return self.restore_locked(&slot).await.map(|()| slot.info());
         }
+        let _ticket = self.admit_instance("start", &rec)?;
         let image = image::load(&self.cfg.images_dir, &rec.image)?;
-        if let Err(e) = self.boot(&slot, &image, Boot::Fresh, None).await {
+        if let Err(e) = self.boot(&slot, &image, Boot::Fresh, None, None).await {
             self.fail(&slot, &e).await;
             return Err(e);
         }
@@ -490,6 +502,18 @@ async fn create_overlay(
         )));
     }
     Ok(())
+}
+
+/// Create a directory (and missing parents) only its owner can enter: an
+/// instance's sockets, RAM and disk are nobody else's business.
+pub(crate) fn create_private_dir(dir: &std::path::Path) -> Result<(), ManagerError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| ManagerError::io(format!("create {}", dir.display()), e))
 }
 
 pub(crate) fn remove_dir(dir: &std::path::Path) -> Result<(), ManagerError> {

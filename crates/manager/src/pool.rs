@@ -347,12 +347,15 @@ impl Manager {
         boot: Boot,
         name: &str,
         t0: std::time::Instant,
+        permit: &mut Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<(Arc<Slot>, crate::ops::BootTimes), (Arc<Slot>, ManagerError)> {
         let _g = slot.op.lock().await;
         let taken_ms = crate::ops::ms(t0);
         if let Err(e) = self.hv.load(&slot.dir, &proc, &boot).await {
             return Err((slot.clone(), e.into()));
         }
+        // Running: the burst's next fork may start (see `Manager::boot`).
+        drop(permit.take());
         let running_ms = crate::ops::ms(t0);
         let renamed = {
             let slots = self.slots.read().expect("slots");

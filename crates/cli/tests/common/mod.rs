@@ -82,6 +82,44 @@ impl Daemon {
         d
     }
 
+    /// A daemon with extra `tine serve` arguments, on `dir` or a temporary
+    /// data directory.
+    pub fn start_with_args(dir: Option<&Path>, serve_args: &[&str]) -> Daemon {
+        Daemon::start_with(dir, serve_args, &[])
+    }
+
+    /// A daemon with extra `serve` arguments and environment, on `dir` or
+    /// a temporary data directory.
+    pub fn start_with(dir: Option<&Path>, serve_args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let tmp = match dir {
+            Some(_) => None,
+            None => Some(
+                tempfile::Builder::new()
+                    .prefix("tine-t")
+                    .tempdir_in("/tmp")
+                    .unwrap(),
+            ),
+        };
+        let data_dir = dir
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| tmp.as_ref().unwrap().path().to_path_buf());
+        let serve_args = serve_args.iter().map(|s| s.to_string()).collect();
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut d = Daemon {
+            child: None,
+            env,
+            data_dir,
+            _tmp: tmp,
+            serve_args,
+            netns: None,
+        };
+        d.spawn();
+        d
+    }
+
     /// A daemon in a network namespace of its own, with extra `serve` args.
     pub fn start_in_netns(serve_args: &[&str]) -> Daemon {
         let tmp = tempfile::Builder::new()
