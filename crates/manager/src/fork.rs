@@ -90,6 +90,41 @@ pub struct ForkOutcome {
     pub running_ms: Option<f64>,
     /// Request start → agent answered and identity applied.
     pub ready_ms: Option<f64>,
+    /// Where this fork's time went (a fork that reached running).
+    #[serde(default)]
+    pub phases: Option<ForkPhases>,
+}
+
+/// One fork's time by phase, in ms; they add up to its `ready_ms`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ForkPhases {
+    /// Request start → this fork's work began (source capture, base checks,
+    /// waiting for a `--parallel` slot).
+    pub waited_ms: f64,
+    /// Its directory: disk and device state copied, memory file linked
+    /// (0 for a warm pool entry: made ahead).
+    pub files_ms: f64,
+    /// VM start and state load until its vCPUs run (a warm entry: resume).
+    pub vm_ms: f64,
+    /// vCPUs running → the guest agent answers.
+    pub agent_ms: f64,
+    /// Agent → ready: entropy, hostname, machine-id, clock, network.
+    pub identity_ms: f64,
+    /// Made from a warm pool entry.
+    pub pooled: bool,
+}
+
+impl ForkPhases {
+    fn of(began_ms: f64, files_ms: f64, t: &BootTimes, pooled: bool) -> ForkPhases {
+        ForkPhases {
+            waited_ms: began_ms,
+            files_ms,
+            vm_ms: t.running_ms - t.start_ms,
+            agent_ms: t.agent_ms - t.running_ms,
+            identity_ms: t.ready_ms - t.agent_ms,
+            pooled,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -442,6 +477,7 @@ impl Manager {
             error: None,
             running_ms: None,
             ready_ms: None,
+            phases: None,
         };
         if target == ForkTarget::Running && base.has_state {
             tracing::debug!(name, before_claim_ms = ms(t0), "fork ready to claim");
@@ -452,6 +488,9 @@ impl Manager {
                         let _ = slot.update(|r| r.ram_in_state = false);
                         out.running_ms = Some(times.running_ms);
                         out.ready_ms = Some(times.ready_ms);
+                        // The entry's files were made ahead; what the
+                        // claim waited for before resuming counts as waiting.
+                        out.phases = Some(ForkPhases::of(times.start_ms, 0.0, &times, true));
                         out.instance = Some(slot.info());
                     }
                     Err((slot, e)) => {
@@ -483,6 +522,7 @@ impl Manager {
             error: None,
             running_ms: None,
             ready_ms: None,
+            phases: None,
         };
         // Without device state the fork boots fresh and owns its RAM file.
         let memory = if base.has_state {
@@ -516,6 +556,7 @@ impl Manager {
             return out;
         }
         let with_state = base.has_state && target != ForkTarget::Stopped;
+        let began_ms = ms(t0);
         let made = self.fork_files(base, &slot.dir, with_state).await;
         let result: Result<Option<BootTimes>, ManagerError> = match (made, target) {
             (Err(e), _) => Err(e),
@@ -555,6 +596,9 @@ impl Manager {
                 }
                 out.running_ms = times.map(|t| t.running_ms);
                 out.ready_ms = times.map(|t| t.ready_ms);
+                // Files: the fork's directory, memory-file checks, TAP.
+                out.phases =
+                    times.map(|t| ForkPhases::of(began_ms, t.start_ms - began_ms, &t, false));
                 out.instance = Some(slot.info());
             }
             Err(e) => {
@@ -628,7 +672,9 @@ impl Manager {
 fn shift(t: BootTimes, offset: Duration) -> BootTimes {
     let o = offset.as_secs_f64() * 1e3;
     BootTimes {
+        start_ms: t.start_ms + o,
         running_ms: t.running_ms + o,
+        agent_ms: t.agent_ms + o,
         ready_ms: t.ready_ms + o,
     }
 }

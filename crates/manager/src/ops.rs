@@ -136,12 +136,13 @@ impl Manager {
         identity: Option<agent::Identity>,
         until_running: Option<OwnedSemaphorePermit>,
     ) -> Result<BootTimes, ManagerError> {
+        let t0 = Instant::now();
         let rec = slot.record();
         let spec = self.spec(slot, &rec, image);
         memfile::prepare(&spec.memory_file, &boot, rec.memory_mib, &self.metrics)?;
         self.network_prepare(&rec).await?;
         let restoring = matches!(boot, Boot::Restore { .. });
-        let t0 = Instant::now();
+        let start_ms = ms(t0);
         let proc = self.hv.start(&spec, boot).await?;
         // A burst's concurrency slot bounds VM starts, not agent waits.
         drop(until_running);
@@ -149,7 +150,7 @@ impl Manager {
         crate::failpoint::hit("vm-started", &rec.name)
             .inspect_err(|_| tine_hypervisor::qemu::kill(&proc))?;
         let running_ms = ms(t0);
-        self.finish_boot(slot, proc, t0, running_ms, identity, restoring)
+        self.finish_boot(slot, proc, t0, start_ms, running_ms, identity, restoring)
             .await
     }
 
@@ -160,6 +161,7 @@ impl Manager {
         slot: &Arc<Slot>,
         proc: VmProcess,
         t0: Instant,
+        start_ms: f64,
         running_ms: f64,
         identity: Option<agent::Identity>,
         restoring: bool,
@@ -185,6 +187,7 @@ impl Manager {
             }
             Ok(()) = tine_hypervisor::wait_exit(proc) => Err("the VM process exited while the guest was booting".to_string()),
         };
+        let agent_ms = ms(t0);
         if let Err(why) = ready {
             let console = console_tail(&endpoints.console_log, 8);
             let hv = console_tail(&endpoints.hypervisor_log, 8);
@@ -217,7 +220,9 @@ impl Manager {
         })?;
         info!(name = rec.name, running_ms, ready_ms, "instance running");
         Ok(BootTimes {
+            start_ms,
             running_ms,
+            agent_ms,
             ready_ms,
         })
     }
@@ -534,7 +539,11 @@ pub(crate) fn console_tail(path: &std::path::Path, lines: usize) -> String {
 /// How long a boot took: to vCPUs running, and to the agent answering.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct BootTimes {
+    /// When the VM's start (or a warm VM's resume) began.
+    pub start_ms: f64,
     pub running_ms: f64,
+    /// When the guest agent first answered.
+    pub agent_ms: f64,
     pub ready_ms: f64,
 }
 

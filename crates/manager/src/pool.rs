@@ -381,6 +381,7 @@ impl Manager {
                 &slot,
                 proc,
                 t0,
+                taken_ms,
                 running_ms,
                 Some(crate::agent::Identity::new(name)),
                 true,

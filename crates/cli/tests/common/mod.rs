@@ -408,3 +408,27 @@ pub fn assert_failpoints() {
         "this test needs the failpoints feature: run scripts/test.sh (cargo ... --features tine-cli/failpoints)"
     );
 }
+
+/// A fork outcome's phases are all there, non-negative, add up to its
+/// `ready_ms`, and say whether a warm pool entry made it.
+pub fn assert_phases_add_up(fork: &Value, pooled: bool) {
+    let p = &fork["phases"];
+    let parts = ["waited_ms", "files_ms", "vm_ms", "agent_ms", "identity_ms"];
+    let mut sum = 0.0;
+    for k in parts {
+        let v = p[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {k} in {fork:#}"));
+        assert!(v >= 0.0, "{k} < 0 in {fork:#}");
+        sum += v;
+    }
+    let ready = fork["ready_ms"].as_f64().unwrap();
+    assert!(
+        (sum - ready).abs() < 0.01,
+        "phases add up to {sum}, ready is {ready}: {fork:#}"
+    );
+    assert_eq!(p["pooled"], pooled, "{fork:#}");
+    if pooled {
+        assert_eq!(p["files_ms"], 0.0, "a warm entry's files were made ahead");
+    }
+}
