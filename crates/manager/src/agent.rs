@@ -15,7 +15,9 @@ const RECONNECT: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 pub(crate) struct AgentSlot {
-    inner: Mutex<Option<(PathBuf, Arc<AgentClient>)>>,
+    /// Where the agent is, and the connection once made (calls connect
+    /// lazily, one at a time: the chardev serves a single client).
+    inner: Mutex<Option<(PathBuf, Option<Arc<AgentClient>>)>>,
 }
 
 impl AgentSlot {
@@ -26,7 +28,7 @@ impl AgentSlot {
 
     async fn set(&self, path: &Path, client: AgentClient) -> Arc<AgentClient> {
         let c = Arc::new(client);
-        *self.inner.lock().await = Some((path.to_path_buf(), c.clone()));
+        *self.inner.lock().await = Some((path.to_path_buf(), Some(c.clone())));
         c
     }
 
@@ -35,13 +37,15 @@ impl AgentSlot {
         let Some((path, client)) = g.as_ref() else {
             return Err(AgentError::Disconnected);
         };
-        if client.ping().await.is_ok() {
-            return Ok(client.clone());
+        if let Some(client) = client {
+            if client.ping().await.is_ok() {
+                return Ok(client.clone());
+            }
         }
         let path = path.clone();
         let (c, _) = AgentClient::wait_ready(&path, RECONNECT).await?;
         let c = Arc::new(c);
-        *g = Some((path, c.clone()));
+        *g = Some((path, Some(c.clone())));
         Ok(c)
     }
 }
@@ -58,9 +62,15 @@ pub(crate) async fn wait_ready(
     Ok(())
 }
 
-/// Re-attach after a daemon restart: remember where the agent is.
-pub(crate) async fn attach(slot: &AgentSlot, path: &Path) -> Result<(), AgentError> {
-    wait_ready(slot, path, RECONNECT).await
+/// Re-attach after a daemon restart: remember where the agent is (calls
+/// made meanwhile wait for the connection instead of failing), connect.
+pub(crate) async fn remember(slot: &AgentSlot, path: &Path) {
+    *slot.inner.lock().await = Some((path.to_path_buf(), None));
+}
+
+/// Connect now (a remembered agent), or fail like a call would.
+pub(crate) async fn connect(slot: &AgentSlot) -> Result<(), AgentError> {
+    slot.get().await.map(|_| ())
 }
 
 pub(crate) async fn exec(slot: &AgentSlot, req: &ExecRequest) -> Result<ExecOutput, AgentError> {

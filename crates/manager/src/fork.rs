@@ -198,6 +198,13 @@ impl Base {
 }
 
 impl Base {
+    /// Keep `slot`'s parked files from being restored or removed while
+    /// forks are made from them.
+    async fn holding(mut self, slot: &crate::Slot) -> Base {
+        self._hold = Some(slot.files.clone().read_owned().await);
+        self
+    }
+
     /// The record of a new fork (or warm-pool entry) of this base.
     pub(crate) fn new_record(
         &self,
@@ -432,9 +439,9 @@ impl Manager {
                 info!(name = rec.name, "materializing the memory file of a parked fork before forking it");
                 self.restore_locked(&slot).await?;
                 self.standby_locked(&slot).await?;
-                Ok((Base::of_instance(slot.dir.clone(), &slot.record(), None, &req.source), None))
+                Ok((Base::of_instance(slot.dir.clone(), &slot.record(), None, &req.source).holding(&slot).await, None))
             }
-            State::Standby => Ok((Base::of_instance(slot.dir.clone(), &rec, None, &req.source), None)),
+            State::Standby => Ok((Base::of_instance(slot.dir.clone(), &rec, None, &req.source).holding(&slot).await, None)),
             State::Running | State::Paused if req.from_running => {
                 let staging = self.cfg.data_dir.join("staging").join(names::new_id());
                 crate::ops::create_private_dir(&staging)?;

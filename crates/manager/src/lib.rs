@@ -151,11 +151,27 @@ struct Slot {
     dir: PathBuf,
     /// Held for the whole of every state-changing operation.
     op: tokio::sync::Mutex<()>,
+    /// Held shared by forks made from this instance's parked files until
+    /// they have their own; restore and rm take it exclusive first.
+    files: Arc<tokio::sync::RwLock<()>>,
     rec: Mutex<InstanceRecord>,
     agent: agent::AgentSlot,
 }
 
 impl Slot {
+    /// Wait until no fork is still reading this instance's parked files
+    /// (restore rewrites them, rm deletes them).
+    async fn own_files(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        match self.files.try_write() {
+            Ok(g) => g,
+            Err(_) => {
+                let name = self.record().name;
+                tracing::info!(name, "waiting for forks being made from its parked files");
+                self.files.write().await
+            }
+        }
+    }
+
     fn record(&self) -> InstanceRecord {
         self.rec.lock().expect("record lock").clone()
     }

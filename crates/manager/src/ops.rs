@@ -106,6 +106,7 @@ impl Manager {
             id: record.id.clone(),
             dir,
             op: tokio::sync::Mutex::new(()),
+            files: Default::default(),
             rec: Mutex::new(record),
             agent: agent::AgentSlot::default(),
         });
@@ -145,6 +146,9 @@ impl Manager {
         let proc = self.hv.start(&spec, boot).await?;
         // A burst's concurrency slot bounds VM starts, not agent waits.
         drop(until_running);
+        // The VM runs (a restore: state loaded, resumed) but no record names it yet.
+        crate::failpoint::hit("vm-started", &rec.name)
+            .inspect_err(|_| tine_hypervisor::qemu::kill(&proc))?;
         let running_ms = ms(t0);
         self.finish_boot(slot, proc, t0, start_ms, running_ms, identity, restoring)
             .await
@@ -333,6 +337,7 @@ impl Manager {
         let _g = slot.op.lock().await;
         let rec = slot.record();
         self.transition(&rec, if force { Op::ForceRemove } else { Op::Remove })?;
+        let _files = slot.own_files().await;
         self.pool_invalidate(crate::ForkFrom::Instance, &rec.name)
             .await;
         self.pool_invalidate(crate::ForkFrom::Instance, &rec.id)
@@ -351,9 +356,11 @@ impl Manager {
         req: ExecRequest,
     ) -> Result<crate::ExecOutput, ManagerError> {
         let slot = self.exec_slot(name, &req)?;
-        agent::exec(&slot.agent, &req)
-            .await
-            .map_err(|e| self.agent_err(&slot, e))
+        let before = slot.record();
+        match agent::exec(&slot.agent, &req).await {
+            Ok(out) => Ok(out),
+            Err(e) => Err(self.exec_err(&slot, &before, e).await),
+        }
     }
 
     /// Like [`exec`](Self::exec), streaming output events as they arrive.
@@ -363,9 +370,37 @@ impl Manager {
         req: ExecRequest,
     ) -> Result<tokio::sync::mpsc::Receiver<Result<crate::ExecEvent, String>>, ManagerError> {
         let slot = self.exec_slot(name, &req)?;
-        agent::exec_stream(&slot.agent, &req)
-            .await
-            .map_err(|e| self.agent_err(&slot, e))
+        let before = slot.record();
+        match agent::exec_stream(&slot.agent, &req).await {
+            Ok(rx) => Ok(rx),
+            Err(e) => Err(self.exec_err(&slot, &before, e).await),
+        }
+    }
+
+    /// An exec whose VM was stopped, parked or removed under it is refused
+    /// (409), not reported as a broken agent (502).
+    async fn exec_err(
+        &self,
+        slot: &Slot,
+        before: &InstanceRecord,
+        source: tine_agent_proto::client::AgentError,
+    ) -> ManagerError {
+        // Let the operation that interrupted the call finish first.
+        let _g = slot.op.lock().await;
+        let now = slot.record();
+        let removed = !self.slots.read().expect("slots").contains_key(&slot.id);
+        let detail = match (removed, now.state) {
+            (true, _) => "it was removed while the command ran".to_string(),
+            (false, State::Running) if now.process == before.process => {
+                return self.agent_err(slot, source);
+            }
+            (false, State::Running) => "it was restarted while the command ran".to_string(),
+            (false, state) => format!("it became {state} while the command ran"),
+        };
+        ManagerError::Busy {
+            name: now.name,
+            detail,
+        }
     }
 
     fn exec_slot(&self, name: &str, req: &ExecRequest) -> Result<Arc<Slot>, ManagerError> {

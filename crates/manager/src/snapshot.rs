@@ -563,7 +563,7 @@ pub(crate) fn load_store(dir: &Path) -> Result<HashMap<String, Arc<SnapSlot>>, M
                 continue;
             }
         };
-        let _ = std::fs::remove_file(path.join("memory.zst.tmp"));
+        crate::recover::sweep_temp(&path);
         if rec.compression.state == CompressState::Compressing {
             rec.compression.state = if path.join(MEMORY_ZST).exists() {
                 let _ = std::fs::remove_file(path.join(MEMORY_FILE));
