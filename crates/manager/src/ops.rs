@@ -150,22 +150,30 @@ impl Manager {
         crate::failpoint::hit("vm-started", &rec.name)
             .inspect_err(|_| tine_hypervisor::qemu::kill(&proc))?;
         let running_ms = ms(t0);
-        self.finish_boot(slot, proc, t0, start_ms, running_ms, identity, restoring)
+        let clock = BootClock {
+            t0,
+            start_ms,
+            running_ms,
+        };
+        self.finish_boot(slot, proc, clock, identity, restoring)
             .await
     }
 
     /// Everything after the VM's vCPUs run: record the process, watch it,
-    /// wait for the agent, clock/identity, commit. `t0` is when timing began.
+    /// wait for the agent, clock/identity, commit.
     pub(crate) async fn finish_boot(
         self: &Arc<Self>,
         slot: &Arc<Slot>,
         proc: VmProcess,
-        t0: Instant,
-        start_ms: f64,
-        running_ms: f64,
+        clock: BootClock,
         identity: Option<agent::Identity>,
         restoring: bool,
     ) -> Result<BootTimes, ManagerError> {
+        let BootClock {
+            t0,
+            start_ms,
+            running_ms,
+        } = clock;
         let rec = slot.record();
         // A new instance (run, fork) stays Created until it is ready, so a
         // daemon crash before then leaves nothing that looks finished: the
@@ -534,6 +542,15 @@ pub(crate) fn console_tail(path: &std::path::Path, lines: usize) -> String {
     let text = String::from_utf8_lossy(&text);
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A boot's timing so far: when it began, and (ms after that) when the VM
+/// start began and when its vCPUs ran.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BootClock {
+    pub(crate) t0: Instant,
+    pub(crate) start_ms: f64,
+    pub(crate) running_ms: f64,
 }
 
 /// How long a boot took: to vCPUs running, and to the agent answering.

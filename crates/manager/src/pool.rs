@@ -416,9 +416,11 @@ impl Manager {
             .finish_boot(
                 &slot,
                 proc,
-                t0,
-                taken_ms,
-                running_ms,
+                crate::ops::BootClock {
+                    t0,
+                    start_ms: taken_ms,
+                    running_ms,
+                },
                 Some(crate::agent::Identity::new(name)),
                 true,
             )
