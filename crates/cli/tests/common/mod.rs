@@ -331,7 +331,8 @@ pub fn kill9(pid: i32) {
 pub fn start_counter(d: &Daemon, name: &str) -> String {
     d.sh(
         name,
-        "setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /run/counter; sleep 0.05; done' \
+        // Written with a rename, so a reader never sees the file truncated.
+        "setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /run/counter.t; mv /run/counter.t /run/counter; sleep 0.05; done' \
          </dev/null >/dev/null 2>&1 & echo $! > /run/counter.pid; sleep 0.3; cat /run/counter.pid",
     )
     .trim()
