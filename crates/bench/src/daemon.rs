@@ -45,6 +45,10 @@ impl Daemon {
             .arg(fork_memory)
             .arg("--network")
             .arg(o.network)
+            // Bursts of 50 × 1 GiB forks of one source: measure density, not
+            // the default admission budget (2 × MemTotal).
+            .arg("--memory-overcommit")
+            .arg("16")
             .env("TINE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

@@ -127,6 +127,19 @@ pub struct ServeArgs {
     /// Name servers for guests, comma-separated (default: the host's).
     #[arg(long, env = "TINE_DNS", value_delimiter = ',')]
     pub dns: Option<Vec<String>>,
+    /// Most vCPUs one instance may have (default: the host's CPU count).
+    #[arg(long, env = "TINE_MAX_VCPUS")]
+    pub max_vcpus: Option<u32>,
+    /// Most memory one instance may have, e.g. 4G (default: host MemTotal).
+    #[arg(long, env = "TINE_MAX_MEMORY", value_parser = crate::output::parse_mib)]
+    pub max_memory: Option<u32>,
+    /// Guest memory of all live VMs may add up to RATIO × host MemTotal
+    /// (forks share their source's pages, so above 1 is sane).
+    #[arg(long, env = "TINE_MEMORY_OVERCOMMIT", default_value_t = tine_manager::admission::DEFAULT_OVERCOMMIT)]
+    pub memory_overcommit: f64,
+    /// Free space standby, snapshot and fork must leave in the data directory, e.g. 256M.
+    #[arg(long, env = "TINE_DISK_RESERVE", value_parser = crate::output::parse_mib, default_value = "256M")]
+    pub disk_reserve: u32,
 }
 
 #[derive(Args, Debug)]

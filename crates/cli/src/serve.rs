@@ -22,6 +22,7 @@ pub async fn serve(g: &Global, a: ServeArgs, data_dir: &Path) -> Result<()> {
         .init();
 
     let mut cfg = Config::new(data_dir.to_path_buf());
+    cfg.limits = limits(&a)?;
     if let Some(d) = a.images_dir {
         cfg.images_dir = d;
     }
@@ -45,6 +46,14 @@ pub async fn serve(g: &Global, a: ServeArgs, data_dir: &Path) -> Result<()> {
     let mgr = Manager::open(cfg, hv)
         .await
         .context("cannot open the data directory")?;
+    let l = &mgr.config().limits;
+    tracing::info!(
+        max_vcpus = l.max_vcpus,
+        max_memory_mib = l.max_memory_mib,
+        memory_budget_mib = (l.memory_overcommit * l.host_memory_mib as f64) as u64,
+        disk_reserve_mib = l.disk_reserve >> 20,
+        "admission limits"
+    );
     if let Some(w) = &mgr.accel().warning {
         warn!("{w}");
         eprintln!("warning: {w}");
@@ -60,6 +69,30 @@ pub async fn serve(g: &Global, a: ServeArgs, data_dir: &Path) -> Result<()> {
     };
     tine_api::serve(mgr, listeners, shutdown_signal()).await?;
     Ok(())
+}
+
+fn limits(a: &ServeArgs) -> Result<tine_manager::admission::Limits> {
+    let mut l = tine_manager::admission::Limits::detect();
+    if let Some(v) = a.max_vcpus {
+        anyhow::ensure!(v >= 1, "--max-vcpus must be at least 1");
+        l.max_vcpus = v;
+    }
+    if let Some(m) = a.max_memory {
+        anyhow::ensure!(
+            m >= tine_manager::MIN_MEMORY_MIB,
+            "--max-memory must be at least {} MiB",
+            tine_manager::MIN_MEMORY_MIB
+        );
+        l.max_memory_mib = m;
+    }
+    let r = a.memory_overcommit;
+    anyhow::ensure!(
+        r.is_finite() && r > 0.0,
+        "--memory-overcommit must be a ratio above 0, e.g. 1.5"
+    );
+    l.memory_overcommit = r;
+    l.disk_reserve = u64::from(a.disk_reserve) << 20;
+    Ok(l)
 }
 
 async fn shutdown_signal() {

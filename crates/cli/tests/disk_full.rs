@@ -1,11 +1,13 @@
 //! A full disk during standby, snapshot and fork: a clear error, nothing
 //! half-made, the VM keeps running. The data directory is a small real XFS.
+//! The up-front space checks (tested in limits.rs) are turned off by a
+//! failpoint here, so the writes themselves meet ENOSPC.
 
 mod common;
 
 use std::os::unix::fs::MetadataExt;
 
-use common::{instance_dirs, Daemon};
+use common::{assert_failpoints, instance_dirs, Daemon};
 use tine_storage::testfs::{FsKind, TestFs};
 
 /// Fill the filesystem at `dir` until (almost) nothing is left.
@@ -30,8 +32,13 @@ fn fill(dir: &std::path::Path) -> std::path::PathBuf {
 
 #[test]
 fn full_disk_fails_standby_snapshot_and_fork_cleanly_and_the_vm_runs_on() {
+    assert_failpoints();
     let fs = TestFs::with_size(FsKind::Xfs, 768 << 20);
-    let d = Daemon::start_at(fs.path());
+    let d = Daemon::start_with(
+        Some(fs.path()),
+        &[],
+        &[("TINE_FAILPOINTS", "disk-check=skip")],
+    );
     d.ok(&["run", "--name", "v"]);
     d.sh("v", "echo safe > /run/m");
     let filler = fill(fs.path());

@@ -165,12 +165,13 @@ pub trait Hypervisor: Send + Sync {
         Ok(proc)
     }
 
-    /// Start the VM process; for a restore, leave it waiting for its state
-    /// (so a warm pool can start processes ahead of a fork request).
+    /// Start the VM process; for a restore, load its state but leave its
+    /// vCPUs stopped (so a warm pool can start processes ahead of a fork
+    /// request, and a claim only resumes them).
     async fn prestart(&self, spec: &VmSpec, boot: &Boot) -> Result<VmProcess, HvError>;
 
-    /// Load a prestarted VM's saved state and resume it. On failure the
-    /// process is killed.
+    /// Resume a prestarted VM once its saved state is loaded. On failure
+    /// the process is killed.
     async fn load(&self, run_dir: &Path, proc: &VmProcess, boot: &Boot) -> Result<(), HvError>;
 
     /// Paths of the agent socket and console log for a spec.
@@ -191,4 +192,11 @@ pub trait Hypervisor: Send + Sync {
     /// Ask the process to exit (flushing disks), then kill it if it has not
     /// exited within `grace`.
     async fn stop(&self, run_dir: &Path, proc: &VmProcess, grace: Duration) -> Result<(), HvError>;
+
+    /// The live VM process started for `run_dir`, recorded or not (a crash
+    /// between start and record leaves one only the run directory names).
+    fn find_process(&self, run_dir: &Path) -> Option<VmProcess>;
+
+    /// Whether the VM's vCPUs run (false: paused, or waiting for its state).
+    async fn vcpus_running(&self, run_dir: &Path) -> Result<bool, HvError>;
 }

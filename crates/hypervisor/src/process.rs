@@ -51,7 +51,7 @@ pub fn process_alive(proc: &VmProcess) -> bool {
 }
 
 /// Resolve when the process exits. Works for processes that are not our
-/// children (QEMU daemonizes), via a pidfd.
+/// children (QEMU outlives a daemon restart), via a pidfd.
 pub async fn wait_exit(proc: VmProcess) -> io::Result<()> {
     let Some(pid) = Pid::from_raw(proc.pid) else {
         return Ok(());

@@ -111,9 +111,20 @@ pub(crate) async fn wait_ready(
     Ok(())
 }
 
-/// Re-attach after a daemon restart: remember where the agent is.
-pub(crate) async fn attach(slot: &AgentSlot, path: &Path) -> Result<(), AgentError> {
-    wait_ready(slot, path, RECONNECT).await
+/// Re-attach after a daemon restart: remember where the agent is (calls
+/// made meanwhile wait for the connection instead of failing), connect.
+pub(crate) fn remember(slot: &AgentSlot, path: &Path) {
+    let mut s = slot.lock();
+    *s = Conn {
+        path: Some(path.to_path_buf()),
+        client: None,
+        epoch: s.epoch + 1,
+    };
+}
+
+/// Connect now (a remembered agent), or fail like a call would.
+pub(crate) async fn connect(slot: &AgentSlot) -> Result<(), AgentError> {
+    slot.get().await.map(|_| ())
 }
 
 pub(crate) async fn exec(slot: &AgentSlot, req: &ExecRequest) -> Result<ExecOutput, AgentError> {

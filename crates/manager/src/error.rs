@@ -23,6 +23,8 @@ pub enum ManagerError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Network(#[from] crate::network::NetworkError),
+    #[error(transparent)]
+    Limit(#[from] crate::admission::LimitError),
     #[error("hypervisor")]
     Hypervisor(#[from] tine_hypervisor::HvError),
     #[error("guest agent of {name:?}")]

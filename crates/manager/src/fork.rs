@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tine_hypervisor::{Accel, Boot, MemoryMapping};
-use tokio::sync::{OwnedRwLockReadGuard, Semaphore};
+use tokio::sync::{OwnedRwLockReadGuard, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use crate::agent::Identity;
@@ -133,6 +133,41 @@ pub struct ForkOutcome {
     pub running_ms: Option<f64>,
     /// Request start → agent answered and identity applied.
     pub ready_ms: Option<f64>,
+    /// Where this fork's time went (a fork that reached running).
+    #[serde(default)]
+    pub phases: Option<ForkPhases>,
+}
+
+/// One fork's time by phase, in ms; they add up to its `ready_ms`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ForkPhases {
+    /// Request start → this fork's work began (source capture, base checks,
+    /// waiting for a `--parallel` slot).
+    pub waited_ms: f64,
+    /// Its directory: disk and device state copied, memory file linked
+    /// (0 for a warm pool entry: made ahead).
+    pub files_ms: f64,
+    /// VM start and state load until its vCPUs run (a warm entry: resume).
+    pub vm_ms: f64,
+    /// vCPUs running → the guest agent answers.
+    pub agent_ms: f64,
+    /// Agent → ready: entropy, hostname, machine-id, clock, network.
+    pub identity_ms: f64,
+    /// Made from a warm pool entry.
+    pub pooled: bool,
+}
+
+impl ForkPhases {
+    fn of(began_ms: f64, files_ms: f64, t: &BootTimes, pooled: bool) -> ForkPhases {
+        ForkPhases {
+            waited_ms: began_ms,
+            files_ms,
+            vm_ms: t.running_ms - t.start_ms,
+            agent_ms: t.agent_ms - t.running_ms,
+            identity_ms: t.ready_ms - t.agent_ms,
+            pooled,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -206,6 +241,13 @@ impl Base {
 }
 
 impl Base {
+    /// Keep `slot`'s parked files from being restored or removed while
+    /// forks are made from them.
+    async fn holding(mut self, slot: &crate::Slot) -> Base {
+        self._hold = Some(slot.files.clone().read_owned().await);
+        self
+    }
+
     /// The record of a new fork (or warm-pool entry) of this base.
     pub(crate) fn new_record(
         &self,
@@ -267,6 +309,7 @@ impl Manager {
     ) -> Result<ForkReport, ManagerError> {
         let t0 = Instant::now();
         let names = self.fork_names(&req)?;
+        let ticket = self.admit_fork(&req, names.len() as u32)?;
         let (base, pause_ms) = self.fork_base(&req).await?;
         if !base.has_state && req.target == ForkTarget::Standby {
             return Err(ManagerError::InvalidArgument(
@@ -277,14 +320,20 @@ impl Manager {
         let image = image::load(&self.cfg.images_dir, &base.image)?;
         let parallel = req.parallel.unwrap_or(4).clamp(1, 32) as usize;
         let sem = Arc::new(Semaphore::new(parallel));
+        // Refills of the source's pool wait until the burst is done.
+        let burst = self.pool_burst(&base);
         let base = Arc::new(base);
         let mut tasks = Vec::new();
         for name in names {
             let (mgr, base, image, sem) = (self.clone(), base.clone(), image.clone(), sem.clone());
-            let (target, progress) = (req.target, progress.clone());
+            let (target, progress, ticket) = (req.target, progress.clone(), ticket.clone());
             tasks.push(tokio::spawn(async move {
-                let _permit = sem.acquire().await.expect("semaphore");
-                let out = mgr.fork_one(&base, &image, name, target, t0).await;
+                let permit = sem.acquire_owned().await.expect("semaphore");
+                let out = mgr.fork_one(&base, &image, name, target, t0, permit).await;
+                // Running (and counted) or gone: its share of the admission is done.
+                if let Some(t) = &ticket {
+                    t.release_one();
+                }
                 if let Some(p) = progress {
                     let _ = p.send(out.clone()).await;
                 }
@@ -298,6 +347,7 @@ impl Manager {
                     .map_err(|e| ManagerError::Failed(format!("fork task: {e}")))?,
             );
         }
+        drop(burst);
         if let Some(staging) = &base.staging {
             // Forks hold their own links and copies now.
             let _ = remove_dir(staging);
@@ -407,12 +457,12 @@ impl Manager {
                 info!(name = rec.name, "materializing the memory file of a parked fork before forking it");
                 self.restore_locked(&slot).await?;
                 self.standby_locked(&slot).await?;
-                Ok((Base::of_instance(slot.dir.clone(), &slot.record(), None, &req.source), None))
+                Ok((Base::of_instance(slot.dir.clone(), &slot.record(), None, &req.source).holding(&slot).await, None))
             }
-            State::Standby => Ok((Base::of_instance(slot.dir.clone(), &rec, None, &req.source), None)),
+            State::Standby => Ok((Base::of_instance(slot.dir.clone(), &rec, None, &req.source).holding(&slot).await, None)),
             State::Running | State::Paused if req.from_running => {
                 let staging = self.cfg.data_dir.join("staging").join(names::new_id());
-                std::fs::create_dir_all(&staging).map_err(|e| ManagerError::io("create staging directory", e))?;
+                crate::ops::create_private_dir(&staging)?;
                 match self.capture(&slot, &rec, &staging, SnapshotKind::Standby).await {
                     Ok(c) => Ok((Base::of_instance(staging.clone(), &rec, Some(staging), &req.source), c.pause_ms)),
                     Err(e) => {
@@ -439,23 +489,29 @@ impl Manager {
         name: String,
         target: ForkTarget,
         t0: Instant,
+        permit: OwnedSemaphorePermit,
     ) -> ForkOutcome {
+        let mut permit = Some(permit);
         let mut out = ForkOutcome {
             name: name.clone(),
             instance: None,
             error: None,
             running_ms: None,
             ready_ms: None,
+            phases: None,
         };
         if target == ForkTarget::Running && base.has_state {
             tracing::debug!(name, before_claim_ms = ms(t0), "fork ready to claim");
             if let Some((slot, proc, boot)) = self.pool_take(base) {
-                match self.claim(slot, proc, boot, &name, t0).await {
+                match self.claim(slot, proc, boot, &name, t0, &mut permit).await {
                     Ok((slot, times)) => {
                         let _ = std::fs::remove_file(slot.dir.join(STATE_FILE));
                         let _ = slot.update(|r| r.ram_in_state = false);
                         out.running_ms = Some(times.running_ms);
                         out.ready_ms = Some(times.ready_ms);
+                        // The entry's files were made ahead; what the
+                        // claim waited for before resuming counts as waiting.
+                        out.phases = Some(ForkPhases::of(times.start_ms, 0.0, &times, true));
                         out.instance = Some(slot.info());
                     }
                     Err((slot, e)) => {
@@ -463,13 +519,13 @@ impl Manager {
                         // not fail the fork: drop it and make one cold.
                         warn!(name, error = %chain(&e), "pool entry failed; forking without it");
                         self.discard(&slot).await;
-                        return self.fork_cold(base, image, name, target, t0).await;
+                        return self.fork_cold(base, image, name, target, t0, permit).await;
                     }
                 }
                 return out;
             }
         }
-        self.fork_cold(base, image, name, target, t0).await
+        self.fork_cold(base, image, name, target, t0, permit).await
     }
 
     async fn fork_cold(
@@ -479,6 +535,7 @@ impl Manager {
         name: String,
         target: ForkTarget,
         t0: Instant,
+        permit: Option<OwnedSemaphorePermit>,
     ) -> ForkOutcome {
         let mut out = ForkOutcome {
             name: name.clone(),
@@ -486,6 +543,7 @@ impl Manager {
             error: None,
             running_ms: None,
             ready_ms: None,
+            phases: None,
         };
         // Without device state the fork boots fresh and owns its RAM file.
         let memory = if base.has_state {
@@ -519,6 +577,7 @@ impl Manager {
             return out;
         }
         let with_state = base.has_state && target != ForkTarget::Stopped;
+        let began_ms = ms(t0);
         let made = self.fork_files(base, &slot.dir, with_state).await;
         let result: Result<Option<BootTimes>, ManagerError> = match (made, target) {
             (Err(e), _) => Err(e),
@@ -543,7 +602,7 @@ impl Manager {
                     Boot::Fresh
                 };
                 let offset = t0.elapsed();
-                self.boot(&slot, image, boot, Some(Identity::new(&name)))
+                self.boot(&slot, image, boot, Some(Identity::new(&name)), permit)
                     .await
                     .map(|t| Some(shift(t, offset)))
             }
@@ -558,6 +617,9 @@ impl Manager {
                 }
                 out.running_ms = times.map(|t| t.running_ms);
                 out.ready_ms = times.map(|t| t.ready_ms);
+                // Files: the fork's directory, memory-file checks, TAP.
+                out.phases =
+                    times.map(|t| ForkPhases::of(began_ms, t.start_ms - began_ms, &t, false));
                 out.instance = Some(slot.info());
             }
             Err(e) => {
@@ -631,7 +693,9 @@ impl Manager {
 fn shift(t: BootTimes, offset: Duration) -> BootTimes {
     let o = offset.as_secs_f64() * 1e3;
     BootTimes {
+        start_ms: t.start_ms + o,
         running_ms: t.running_ms + o,
+        agent_ms: t.agent_ms + o,
         ready_ms: t.ready_ms + o,
     }
 }

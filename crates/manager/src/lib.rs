@@ -8,6 +8,7 @@
 //! operation. The manager knows neither HTTP nor QEMU: it talks to a
 //! [`Hypervisor`] and to the guest agent.
 
+pub mod admission;
 mod agent;
 mod base;
 pub mod compress;
@@ -25,6 +26,7 @@ pub mod pool;
 pub mod record;
 mod recover;
 mod snapshot;
+mod space;
 mod standby;
 pub mod state;
 
@@ -66,6 +68,8 @@ pub struct Config {
     pub fork_memory: ForkMemory,
     /// Bridge, subnet and DNS for instances' networks.
     pub network: network::NetworkOptions,
+    /// Caps, the memory budget and the disk reserve (`admission.rs`).
+    pub limits: admission::Limits,
 }
 
 /// How a fork gets its memory file.
@@ -105,6 +109,7 @@ impl Config {
             boot_timeout: Duration::from_secs(180),
             fork_memory: ForkMemory::Link,
             network: network::NetworkOptions::default(),
+            limits: admission::Limits::detect(),
         }
     }
 }
@@ -169,11 +174,27 @@ struct Slot {
     dir: PathBuf,
     /// Held for the whole of every state-changing operation.
     op: tokio::sync::Mutex<()>,
+    /// Held shared by forks made from this instance's parked files until
+    /// they have their own; restore and rm take it exclusive first.
+    files: Arc<tokio::sync::RwLock<()>>,
     rec: Mutex<InstanceRecord>,
     agent: agent::AgentSlot,
 }
 
 impl Slot {
+    /// Wait until no fork is still reading this instance's parked files
+    /// (restore rewrites them, rm deletes them).
+    async fn own_files(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        match self.files.try_write() {
+            Ok(g) => g,
+            Err(_) => {
+                let name = self.record().name;
+                tracing::info!(name, "waiting for forks being made from its parked files");
+                self.files.write().await
+            }
+        }
+    }
+
     fn record(&self) -> InstanceRecord {
         self.rec.lock().expect("record lock").clone()
     }
@@ -218,6 +239,7 @@ pub struct Manager {
     pools: pool::Pools,
     net: network::Network,
     metrics: Arc<metrics::Metrics>,
+    admission: admission::Admission,
 }
 
 impl Manager {
@@ -230,8 +252,7 @@ impl Manager {
             },
             None => tine_hypervisor::detect_accel(),
         };
-        std::fs::create_dir_all(cfg.data_dir.join("instances"))
-            .map_err(|e| ManagerError::io(format!("create {}", cfg.data_dir.display()), e))?;
+        ops::create_private_dir(&cfg.data_dir.join("instances"))?;
         let snaps = snapshot::load_store(&cfg.data_dir.join("snapshots"))?;
         let net = network::Network::open(&cfg.network, &cfg.data_dir)?;
         let mgr = Arc::new(Manager {
@@ -243,7 +264,10 @@ impl Manager {
             pools: Default::default(),
             net,
             metrics: Default::default(),
+            admission: Default::default(),
         });
+        // Probe now, while there is room for the probe's inodes.
+        mgr.reflinks();
         recover::load_all(&mgr).await?;
         mgr.network_recover().await?;
         mgr.load_pools();

@@ -63,10 +63,13 @@ pub fn prepare(
 /// it if needed). A guest write into a hole of a full filesystem would kill
 /// QEMU with SIGBUS; this turns that into a clear error before start.
 fn reserve(path: &Path, bytes: u64) -> Result<(), ManagerError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Guest RAM: for the daemon's eyes only.
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(path)
         .map_err(|e| ManagerError::io(format!("create memory file {}", path.display()), e))?;
     rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, bytes).map_err(|e| {

@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::OwnedSemaphorePermit;
 
 use tine_hypervisor::{Boot, VmProcess, VmSpec};
 use tracing::{info, warn};
@@ -27,6 +28,12 @@ impl Manager {
         req.validate()?;
         let memory_mib = req.memory_mib.unwrap_or(crate::DEFAULT_MEMORY_MIB);
         let vcpus = req.vcpus.unwrap_or(1);
+        let _ticket = self.admit(crate::admission::Demand {
+            what: "run",
+            count: 1,
+            memory_mib,
+            vcpus,
+        })?;
         let image_name = req.image.clone().unwrap_or_else(|| "default".into());
         let image = image::load(&self.cfg.images_dir, &image_name)?;
         self.hv.check()?;
@@ -88,8 +95,7 @@ impl Manager {
             return Err(ManagerError::AlreadyExists(record.name));
         }
         let dir = self.instance_dir(&record.id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| ManagerError::io(format!("create {}", dir.display()), e))?;
+        create_private_dir(&dir)?;
         record
             .save(&dir)
             .map_err(|e| ManagerError::io(format!("save record in {}", dir.display()), e))?;
@@ -97,6 +103,7 @@ impl Manager {
             id: record.id.clone(),
             dir,
             op: tokio::sync::Mutex::new(()),
+            files: Default::default(),
             rec: Mutex::new(record),
             agent: agent::AgentSlot::default(),
         });
@@ -110,7 +117,9 @@ impl Manager {
         image: &Image,
     ) -> Result<(), ManagerError> {
         create_overlay(&image.rootfs, &slot.dir.join(ROOT_DISK)).await?;
-        self.boot(slot, image, Boot::Fresh, None).await.map(|_| ())
+        self.boot(slot, image, Boot::Fresh, None, None)
+            .await
+            .map(|_| ())
     }
 
     /// Start the VM process (the only caller of `Hypervisor::start`), record
@@ -122,30 +131,46 @@ impl Manager {
         image: &Image,
         boot: Boot,
         identity: Option<agent::Identity>,
+        until_running: Option<OwnedSemaphorePermit>,
     ) -> Result<BootTimes, ManagerError> {
+        let t0 = Instant::now();
         let rec = slot.record();
         let spec = self.spec(slot, &rec, image);
         memfile::prepare(&spec.memory_file, &boot, rec.memory_mib, &self.metrics)?;
         self.network_prepare(&rec).await?;
         let restoring = matches!(boot, Boot::Restore { .. });
-        let t0 = Instant::now();
+        let start_ms = ms(t0);
         let proc = self.hv.start(&spec, boot).await?;
+        // A burst's concurrency slot bounds VM starts, not agent waits.
+        drop(until_running);
+        // The VM runs (a restore: state loaded, resumed) but no record names it yet.
+        crate::failpoint::hit("vm-started", &rec.name)
+            .inspect_err(|_| tine_hypervisor::qemu::kill(&proc))?;
         let running_ms = ms(t0);
-        self.finish_boot(slot, proc, t0, running_ms, identity, restoring)
+        let clock = BootClock {
+            t0,
+            start_ms,
+            running_ms,
+        };
+        self.finish_boot(slot, proc, clock, identity, restoring)
             .await
     }
 
     /// Everything after the VM's vCPUs run: record the process, watch it,
-    /// wait for the agent, clock/identity, commit. `t0` is when timing began.
+    /// wait for the agent, clock/identity, commit.
     pub(crate) async fn finish_boot(
         self: &Arc<Self>,
         slot: &Arc<Slot>,
         proc: VmProcess,
-        t0: Instant,
-        running_ms: f64,
+        clock: BootClock,
         identity: Option<agent::Identity>,
         restoring: bool,
     ) -> Result<BootTimes, ManagerError> {
+        let BootClock {
+            t0,
+            start_ms,
+            running_ms,
+        } = clock;
         let rec = slot.record();
         // A new instance (run, fork) stays Created until it is ready, so a
         // daemon crash before then leaves nothing that looks finished: the
@@ -167,6 +192,7 @@ impl Manager {
             }
             Ok(()) = tine_hypervisor::wait_exit(proc) => Err("the VM process exited while the guest was booting".to_string()),
         };
+        let agent_ms = ms(t0);
         if let Err(why) = ready {
             let console = console_tail(&endpoints.console_log, 8);
             let hv = console_tail(&endpoints.hypervisor_log, 8);
@@ -199,7 +225,9 @@ impl Manager {
         })?;
         info!(name = rec.name, running_ms, ready_ms, "instance running");
         Ok(BootTimes {
+            start_ms,
             running_ms,
+            agent_ms,
             ready_ms,
         })
     }
@@ -257,8 +285,9 @@ impl Manager {
         if rec.state == State::Standby {
             return self.restore_locked(&slot).await.map(|()| slot.info());
         }
+        let _ticket = self.admit_instance("start", &rec)?;
         let image = image::load(&self.cfg.images_dir, &rec.image)?;
-        if let Err(e) = self.boot(&slot, &image, Boot::Fresh, None).await {
+        if let Err(e) = self.boot(&slot, &image, Boot::Fresh, None, None).await {
             self.fail(&slot, &e).await;
             return Err(e);
         }
@@ -313,6 +342,7 @@ impl Manager {
         let _g = slot.op.lock().await;
         let rec = slot.record();
         self.transition(&rec, if force { Op::ForceRemove } else { Op::Remove })?;
+        let _files = slot.own_files().await;
         self.pool_invalidate(crate::ForkFrom::Instance, &rec.name)
             .await;
         self.pool_invalidate(crate::ForkFrom::Instance, &rec.id)
@@ -331,9 +361,11 @@ impl Manager {
         req: ExecRequest,
     ) -> Result<crate::ExecOutput, ManagerError> {
         let slot = self.exec_slot(name, &req)?;
-        agent::exec(&slot.agent, &req)
-            .await
-            .map_err(|e| self.agent_err(&slot, e))
+        let before = slot.record();
+        match agent::exec(&slot.agent, &req).await {
+            Ok(out) => Ok(out),
+            Err(e) => Err(self.exec_err(&slot, &before, e).await),
+        }
     }
 
     /// Like [`exec`](Self::exec), streaming output events as they arrive.
@@ -343,9 +375,37 @@ impl Manager {
         req: ExecRequest,
     ) -> Result<tokio::sync::mpsc::Receiver<Result<crate::ExecEvent, String>>, ManagerError> {
         let slot = self.exec_slot(name, &req)?;
-        agent::exec_stream(&slot.agent, &req)
-            .await
-            .map_err(|e| self.agent_err(&slot, e))
+        let before = slot.record();
+        match agent::exec_stream(&slot.agent, &req).await {
+            Ok(rx) => Ok(rx),
+            Err(e) => Err(self.exec_err(&slot, &before, e).await),
+        }
+    }
+
+    /// An exec whose VM was stopped, parked or removed under it is refused
+    /// (409), not reported as a broken agent (502).
+    async fn exec_err(
+        &self,
+        slot: &Slot,
+        before: &InstanceRecord,
+        source: tine_agent_proto::client::AgentError,
+    ) -> ManagerError {
+        // Let the operation that interrupted the call finish first.
+        let _g = slot.op.lock().await;
+        let now = slot.record();
+        let removed = !self.slots.read().expect("slots").contains_key(&slot.id);
+        let detail = match (removed, now.state) {
+            (true, _) => "it was removed while the command ran".to_string(),
+            (false, State::Running) if now.process == before.process => {
+                return self.agent_err(slot, source);
+            }
+            (false, State::Running) => "it was restarted while the command ran".to_string(),
+            (false, state) => format!("it became {state} while the command ran"),
+        };
+        ManagerError::Busy {
+            name: now.name,
+            detail,
+        }
     }
 
     fn exec_slot(&self, name: &str, req: &ExecRequest) -> Result<Arc<Slot>, ManagerError> {
@@ -455,6 +515,18 @@ async fn create_overlay(
     Ok(())
 }
 
+/// Create a directory (and missing parents) only its owner can enter: an
+/// instance's sockets, RAM and disk are nobody else's business.
+pub(crate) fn create_private_dir(dir: &std::path::Path) -> Result<(), ManagerError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| ManagerError::io(format!("create {}", dir.display()), e))
+}
+
 pub(crate) fn remove_dir(dir: &std::path::Path) -> Result<(), ManagerError> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
@@ -484,10 +556,23 @@ pub(crate) fn console_tail(path: &std::path::Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// A boot's timing so far: when it began, and (ms after that) when the VM
+/// start began and when its vCPUs ran.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BootClock {
+    pub(crate) t0: Instant,
+    pub(crate) start_ms: f64,
+    pub(crate) running_ms: f64,
+}
+
 /// How long a boot took: to vCPUs running, and to the agent answering.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct BootTimes {
+    /// When the VM's start (or a warm VM's resume) began.
+    pub start_ms: f64,
     pub running_ms: f64,
+    /// When the guest agent first answered.
+    pub agent_ms: f64,
     pub ready_ms: f64,
 }
 

@@ -15,7 +15,7 @@
 //! `DATA_DIR/pools.json` and are refilled at daemon start.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -79,8 +79,24 @@ pub(crate) struct Pool {
     key: Mutex<Option<String>>,
     entries: Mutex<Vec<(Arc<Slot>, VmProcess)>>,
     filling: AtomicBool,
+    /// Fork bursts from this pool's source under way: refills wait for
+    /// them, so new QEMUs do not compete with the claims for the CPU.
+    bursts: AtomicUsize,
     hits: AtomicU64,
     misses: AtomicU64,
+}
+
+/// Marks a fork burst from a pooled source; when it ends, the pool refills.
+pub(crate) struct Burst {
+    mgr: Arc<Manager>,
+    pool: Arc<Pool>,
+}
+
+impl Drop for Burst {
+    fn drop(&mut self) {
+        self.pool.bursts.fetch_sub(1, Ordering::AcqRel);
+        self.mgr.refill(self.pool.clone());
+    }
 }
 
 fn pool_id(from: ForkFrom, source: &str) -> String {
@@ -142,6 +158,7 @@ impl Manager {
             key: Mutex::new(None),
             entries: Mutex::new(Vec::new()),
             filling: AtomicBool::new(false),
+            bursts: AtomicUsize::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         });
@@ -244,6 +261,10 @@ impl Manager {
                 {
                     break;
                 }
+                if pool.bursts.load(Ordering::Acquire) > 0 {
+                    // The burst's end starts another refill.
+                    break;
+                }
                 if let Err(e) = mgr.prefill_one(&pool).await {
                     warn!(source = pool.spec.source, error = %chain(&e), "pool refill failed");
                     break;
@@ -323,6 +344,21 @@ impl Manager {
         }
     }
 
+    /// Mark a fork burst from `base`'s source, if it has a pool.
+    pub(crate) fn pool_burst(self: &Arc<Self>, base: &Base) -> Option<Burst> {
+        let pool = self
+            .pools
+            .lock()
+            .expect("pools")
+            .get(&pool_id(base.from, &base.source))
+            .cloned()?;
+        pool.bursts.fetch_add(1, Ordering::AcqRel);
+        Some(Burst {
+            mgr: self.clone(),
+            pool,
+        })
+    }
+
     /// Take a ready entry made from `base`, if any (a miss triggers nothing
     /// but the count; every take triggers a refill).
     pub(crate) fn pool_take(self: &Arc<Self>, base: &Base) -> Option<(Arc<Slot>, VmProcess, Boot)> {
@@ -365,12 +401,15 @@ impl Manager {
         boot: Boot,
         name: &str,
         t0: std::time::Instant,
+        permit: &mut Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<(Arc<Slot>, crate::ops::BootTimes), (Arc<Slot>, ManagerError)> {
         let _g = slot.op.lock().await;
         let taken_ms = crate::ops::ms(t0);
         if let Err(e) = self.hv.load(&slot.dir, &proc, &boot).await {
             return Err((slot.clone(), e.into()));
         }
+        // Running: the burst's next fork may start (see `Manager::boot`).
+        drop(permit.take());
         let running_ms = crate::ops::ms(t0);
         let renamed = {
             let slots = self.slots.read().expect("slots");
@@ -395,8 +434,11 @@ impl Manager {
             .finish_boot(
                 &slot,
                 proc,
-                t0,
-                running_ms,
+                crate::ops::BootClock {
+                    t0,
+                    start_ms: taken_ms,
+                    running_ms,
+                },
                 Some(crate::agent::Identity::new(name)),
                 true,
             )

@@ -337,11 +337,14 @@ impl Manager {
         let slot = self.slot(&req.instance)?;
         let _g = slot.op.lock().await;
         let rec = slot.record();
+        self.check_disk(
+            &format!("snapshot of {}", rec.name),
+            self.capture_bytes(&slot.dir, &rec, req.kind),
+        )?;
         let id = names::new_id();
         let final_dir = self.snapshots_dir().join(&id);
         let staging = self.snapshots_dir().join(format!("{id}.tmp"));
-        std::fs::create_dir_all(&staging)
-            .map_err(|e| ManagerError::io("create snapshot directory", e))?;
+        crate::ops::create_private_dir(&staging)?;
         let result = async {
             let captured = self.capture(&slot, &rec, &staging, req.kind).await?;
             let record = SnapshotRecord {
@@ -563,7 +566,7 @@ pub(crate) fn sync_tree(dir: &Path) -> Result<(), ManagerError> {
 /// Load the store at daemon start: sweep unfinished creations and settle
 /// compressions a crash interrupted.
 pub(crate) fn load_store(dir: &Path) -> Result<HashMap<String, Arc<SnapSlot>>, ManagerError> {
-    std::fs::create_dir_all(dir).map_err(|e| ManagerError::io("create snapshots directory", e))?;
+    crate::ops::create_private_dir(dir)?;
     let mut out = HashMap::new();
     for e in std::fs::read_dir(dir)
         .map_err(|e| ManagerError::io("read snapshots directory", e))?
@@ -581,7 +584,7 @@ pub(crate) fn load_store(dir: &Path) -> Result<HashMap<String, Arc<SnapSlot>>, M
                 continue;
             }
         };
-        let _ = std::fs::remove_file(path.join("memory.zst.tmp"));
+        crate::recover::sweep_temp(&path);
         if rec.compression.state == CompressState::Compressing {
             rec.compression.state = if path.join(MEMORY_ZST).exists() {
                 let _ = std::fs::remove_file(path.join(MEMORY_FILE));

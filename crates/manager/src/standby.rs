@@ -44,6 +44,10 @@ impl Manager {
         let proc = rec
             .process
             .ok_or_else(|| ManagerError::Failed("no VM process recorded".into()))?;
+        self.check_disk(
+            &format!("standby of {}", rec.name),
+            Self::standby_bytes(&rec),
+        )?;
         let t0 = Instant::now();
         if rec.state == State::Running {
             // Durable guest disk first: the overlay is part of what we park.
@@ -122,6 +126,7 @@ impl Manager {
         self: &Arc<Self>,
         slot: &Arc<Slot>,
     ) -> Result<(), ManagerError> {
+        let _files = slot.own_files().await;
         let rec = slot.record();
         // Warm forks of this parked state would outlive it: drop them.
         self.pool_invalidate(crate::ForkFrom::Instance, &rec.name)
@@ -139,16 +144,18 @@ impl Manager {
         if !rec.ram_in_state {
             crate::integrity::verify_memory(&slot.dir.join(MEMORY_FILE), rec.memory_mib)?;
         }
+        let _ticket = self.admit_instance("restore", &rec)?;
         let image = image::load(&self.cfg.images_dir, &rec.image)?;
         let boot = Boot::Restore {
             state_file: state_file.clone(),
             mapping: rec.memory,
             ram_in_state: rec.ram_in_state,
         };
-        if let Err(e) = self.boot(slot, &image, boot, None).await {
+        if let Err(e) = self.boot(slot, &image, boot, None, None).await {
             if slot.record().process.is_some() {
                 // The guest ran: its memory file moved on, the parked state is gone.
                 self.fail(slot, &e).await;
+                let _ = std::fs::remove_file(&state_file);
                 return Err(e);
             }
             // Nothing ran: the parked files are intact, stay in Standby.

@@ -14,6 +14,10 @@ pub const QEMU_LOG: &str = "qemu.log";
 /// The virtio-serial port name the guest agent looks for.
 pub const AGENT_PORT_NAME: &str = "tine.agent";
 
+/// QEMU's seccomp filter: no obsolete syscalls, no set*id, no
+/// fork/exec, no scheduler or resource changes.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
 fn p(path: &Path) -> String {
     path.display().to_string()
 }
@@ -23,7 +27,8 @@ fn esc(path: &Path) -> String {
     p(path).replace(',', ",,")
 }
 
-pub fn build(spec: &VmSpec, boot: &Boot) -> Vec<String> {
+/// `paused`: a restore stays stopped after loading (see `Hypervisor::prestart`).
+pub fn build(spec: &VmSpec, boot: &Boot, paused: bool) -> Vec<String> {
     let mapping = match boot {
         Boot::Fresh => MemoryMapping::Shared,
         Boot::Restore { mapping, .. } => *mapping,
@@ -103,17 +108,20 @@ pub fn build(spec: &VmSpec, boot: &Boot) -> Vec<String> {
     args.extend([
         "-qmp".into(),
         format!("unix:{},server=on,wait=off", esc(&run.join(QMP_SOCKET))),
-        // -D keeps stderr open after -daemonize (QEMU only redirects it to
-        // /dev/null when no log file is set).
         "-D".into(),
         p(&run.join(QEMU_LOG)),
-        "-daemonize".into(),
         "-pidfile".into(),
         p(&run.join(PID_FILE)),
     ]);
+    args.extend(["-sandbox".into(), SANDBOX.into()]);
     if matches!(boot, Boot::Restore { .. }) {
-        args.push("-incoming".into());
-        args.push("defer".into());
+        // The state is loaded over QMP (x-ignore-shared is a capability
+        // that can only be set there, before the load starts).
+        args.extend(["-incoming".into(), "defer".into()]);
+        if paused {
+            // Loaded, vCPUs stopped until `cont` (a warm pool entry).
+            args.push("-S".into());
+        }
     }
     args
 }
@@ -144,7 +152,7 @@ mod tests {
 
     #[test]
     fn fresh_boot_maps_memory_shared_and_waits_for_nothing() {
-        let a = joined(&build(&spec(Accel::Tcg), &Boot::Fresh));
+        let a = joined(&build(&spec(Accel::Tcg), &Boot::Fresh, false));
         assert!(a.contains("mem-path=/d/mem,,ory,share=on"));
         assert!(!a.contains("-incoming"));
     }
@@ -156,9 +164,11 @@ mod tests {
             mapping: MemoryMapping::Private,
             ram_in_state: false,
         };
-        let a = joined(&build(&spec(Accel::Tcg), &boot));
+        let a = joined(&build(&spec(Accel::Tcg), &boot, false));
         assert!(a.contains("share=off"));
         assert!(a.ends_with("-incoming defer"));
+        let paused = joined(&build(&spec(Accel::Tcg), &boot, true));
+        assert!(paused.ends_with("-incoming defer -S"));
     }
 
     #[test]
@@ -169,7 +179,7 @@ mod tests {
             mac: "02:74:0a:d1:00:02".into(),
         });
 
-        let a = joined(&build(&s, &Boot::Fresh));
+        let a = joined(&build(&s, &Boot::Fresh, false));
 
         let netdev = "-netdev tap,id=net0,ifname=tn0123456789ab,script=no,downscript=no \
                       -device virtio-net-device,netdev=net0,mac=02:74:0a:d1:00:02";
@@ -179,20 +189,37 @@ mod tests {
 
     #[test]
     fn no_network_means_no_nic() {
-        let a = joined(&build(&spec(Accel::Tcg), &Boot::Fresh));
+        let a = joined(&build(&spec(Accel::Tcg), &Boot::Fresh, false));
         assert!(!a.contains("-netdev") && !a.contains("virtio-net"));
     }
 
     #[test]
     fn tcg_gets_tsc_hint_and_max_cpu() {
-        let a = build(&spec(Accel::Tcg), &Boot::Fresh);
+        let a = build(&spec(Accel::Tcg), &Boot::Fresh, false);
         assert!(a.contains(&"console=ttyS0 tsc_early_khz=2000000".to_string()));
         assert!(a.contains(&"max".to_string()));
     }
 
     #[test]
+    fn seccomp_sandbox_is_on_and_qmp_is_the_only_monitor() {
+        let args = build(&spec(Accel::Tcg), &Boot::Fresh, false);
+        let at = args.iter().position(|a| a == "-sandbox").unwrap();
+        assert!(
+            args[at + 1].starts_with("on,obsolete=deny,"),
+            "{}",
+            args[at + 1]
+        );
+        assert!(args[at + 1].contains("resourcecontrol=deny"));
+        assert!(args.contains(&"-nodefaults".to_string()));
+        assert_eq!(args.iter().filter(|a| *a == "-qmp").count(), 1);
+        assert!(!args
+            .iter()
+            .any(|a| a == "-monitor" || a == "-mon" || a == "-gdb"));
+    }
+
+    #[test]
     fn kvm_uses_host_cpu_and_plain_cmdline() {
-        let a = build(&spec(Accel::Kvm), &Boot::Fresh);
+        let a = build(&spec(Accel::Kvm), &Boot::Fresh, false);
         assert!(a.contains(&"console=ttyS0".to_string()));
         assert!(a.contains(&"host".to_string()));
     }

@@ -1,14 +1,18 @@
 //! QEMU backend: `microvm` machine, RAM in a `memory-backend-file`, QMP on a
-//! Unix socket, daemonized process (so VMs outlive the tine daemon).
+//! Unix socket. QEMU runs in its own process group and outlives the daemon,
+//! under its seccomp sandbox, with sockets and files 0600 (`confine.rs`).
 //!
 //! Device state is saved with migration to a file and `x-ignore-shared`, so
 //! RAM stays in the memory file and only ~50 KB of device state is written.
 
 mod cmdline;
+mod confine;
 mod qmp;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -31,12 +35,15 @@ const MIGRATE_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub struct Qemu {
     binary: PathBuf,
+    /// QMP connections of prestarted VMs, by run dir, until `load`.
+    parked: Mutex<HashMap<PathBuf, Qmp>>,
 }
 
 impl Qemu {
     pub fn new(binary: impl Into<PathBuf>) -> Qemu {
         Qemu {
             binary: binary.into(),
+            parked: Mutex::new(HashMap::new()),
         }
     }
 
@@ -58,25 +65,115 @@ impl Qemu {
             .find(|c| c.is_file())
     }
 
-    async fn incoming(
-        run_dir: &Path,
-        state_file: &Path,
-        ram_in_state: bool,
-    ) -> Result<(), HvError> {
-        let t0 = Instant::now();
-        let mut q = Qmp::connect_retry(&Self::qmp_path(run_dir), START_TIMEOUT).await?;
-        let connected = t0.elapsed();
-        // Must match the save: QEMU refuses a stream whose capability differs.
-        set_ignore_shared(&mut q, !ram_in_state).await?;
-        let uri = format!("file:{}", state_file.display());
-        q.execute("migrate-incoming", Some(json!({ "uri": uri })))
-            .await?;
-        let started = t0.elapsed();
-        wait_migration(&mut q, "incoming migration").await?;
-        let loaded = t0.elapsed();
-        q.execute("cont", None).await?;
-        debug!(?connected, ?started, ?loaded, total = ?t0.elapsed(), "incoming state loaded");
-        Ok(())
+    /// Start QEMU (in its own process group, so a terminal's signals to
+    /// the daemon do not reach it) and return once its QMP monitor answers,
+    /// i.e. its set-up is done. Start-up errors come from its log.
+    async fn launch(
+        &self,
+        spec: &VmSpec,
+        boot: &Boot,
+        paused: bool,
+    ) -> Result<(VmProcess, Qmp, u64), HvError> {
+        let binary = self.find_binary().ok_or_else(|| HvError::BinaryMissing {
+            binary: self.binary.display().to_string(),
+        })?;
+        let run = &spec.run_dir;
+        for name in [QMP_SOCKET, AGENT_SOCKET] {
+            check_socket_len(&run.join(name))?;
+            remove_stale(&run.join(name))?;
+        }
+        remove_stale(&run.join(PID_FILE))?;
+        self.parked.lock().expect("parked").remove(run);
+        let args = cmdline::build(spec, boot, paused);
+        debug!(?args, "starting qemu");
+        let log_path = run.join(QEMU_LOG);
+        let log = confine::open_log(&log_path).map_err(|e| HvError::io(&log_path, e))?;
+        let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+        let out = log.try_clone().map_err(|e| HvError::io(&log_path, e))?;
+        let mut cmd = tokio::process::Command::new(&binary);
+        confine::umask(&mut cmd);
+        let mut child = cmd
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| HvError::io(&binary, e))?;
+        let pid = child.id().map(|p| p as i32);
+        let qmp_path = Self::qmp_path(run);
+        let started = Instant::now();
+        let q = loop {
+            if let Ok(q) = Qmp::connect(&qmp_path).await {
+                break Ok(q);
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut said = read_from(&log_path, log_start);
+                if said.is_empty() {
+                    said = format!("QEMU ended ({status}) without saying why");
+                }
+                break Err(HvError::StartFailed { stderr: said });
+            }
+            if started.elapsed() > START_TIMEOUT {
+                let _ = child.start_kill();
+                break Err(HvError::Timeout(START_TIMEOUT, "QEMU to start"));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        // Reap it when it exits (the daemon is its parent until it restarts).
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        let q = q?;
+        let proc =
+            pid.and_then(|p| VmProcess::of_pid(p).ok())
+                .ok_or_else(|| HvError::StartFailed {
+                    stderr: format!(
+                        "QEMU exited right after start: {}",
+                        read_from(&log_path, log_start)
+                    ),
+                })?;
+        Ok((proc, q, log_start))
+    }
+}
+
+/// Start loading a restore's saved state into a QEMU waiting for it.
+async fn begin_load(q: &mut Qmp, boot: &Boot) -> Result<(), HvError> {
+    let Boot::Restore {
+        state_file,
+        ram_in_state,
+        ..
+    } = boot
+    else {
+        return Ok(());
+    };
+    // Must match the save: QEMU refuses a stream whose capability differs.
+    set_ignore_shared(q, !ram_in_state).await?;
+    let uri = format!("file:{}", state_file.display());
+    q.execute("migrate-incoming", Some(json!({ "uri": uri })))
+        .await?;
+    Ok(())
+}
+
+fn log_len(run_dir: &Path) -> u64 {
+    std::fs::metadata(run_dir.join(QEMU_LOG))
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+/// A VM whose load or resume failed: kill it, and explain with its log.
+async fn died(run_dir: &Path, proc: &VmProcess, log_start: u64, e: HvError) -> HvError {
+    kill(proc);
+    // Give QEMU a moment to write why it failed.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let log = read_from(&run_dir.join(QEMU_LOG), log_start);
+    match e {
+        HvError::QmpProtocol(m) | HvError::Qmp { message: m, .. } if !log.is_empty() => {
+            HvError::StartFailed {
+                stderr: format!("{m}; QEMU said: {log}"),
+            }
+        }
+        e => e,
     }
 }
 
@@ -180,79 +277,60 @@ impl Hypervisor for Qemu {
         }
     }
 
-    async fn prestart(&self, spec: &VmSpec, boot: &Boot) -> Result<VmProcess, HvError> {
-        let binary = self.find_binary().ok_or_else(|| HvError::BinaryMissing {
-            binary: self.binary.display().to_string(),
-        })?;
-        let run = &spec.run_dir;
-        for name in [QMP_SOCKET, AGENT_SOCKET] {
-            check_socket_len(&run.join(name))?;
-            remove_stale(&run.join(name))?;
-        }
-        remove_stale(&run.join(PID_FILE))?;
-        let args = cmdline::build(spec, boot);
-        debug!(?args, "starting qemu");
-        // With -daemonize the launcher exits once the VM is set up, reporting
-        // start-up errors on stderr and leaving the VM outside our process
-        // tree. stderr goes to a file (QEMU keeps it open after daemonizing
-        // because -D is given), so later errors are kept too.
-        let log_path = run.join(QEMU_LOG);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| HvError::io(&log_path, e))?;
-        let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
-        let status = tokio::process::Command::new(&binary)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .status()
-            .await
-            .map_err(|e| HvError::io(&binary, e))?;
-        if !status.success() {
-            let mut said = read_from(&log_path, log_start);
-            if said.is_empty() {
-                said = format!("QEMU ended ({status}) without saying why");
+    async fn start(&self, spec: &VmSpec, boot: Boot) -> Result<VmProcess, HvError> {
+        let (proc, mut q, log_start) = self.launch(spec, &boot, false).await?;
+        let loaded = async {
+            begin_load(&mut q, &boot).await?;
+            if matches!(boot, Boot::Restore { .. }) {
+                wait_migration(&mut q, "incoming migration").await?;
+                // The saved run state is "paused" (saves stop the VM first),
+                // and a load restores it: resume explicitly.
+                q.execute("cont", None).await?;
             }
-            return Err(HvError::StartFailed { stderr: said });
+            Ok(())
+        };
+        match loaded.await {
+            Ok(()) => Ok(proc),
+            Err(e) => Err(died(&spec.run_dir, &proc, log_start, e).await),
         }
-        let pid_path = run.join(PID_FILE);
-        let pid_text = std::fs::read_to_string(&pid_path).map_err(|e| HvError::io(&pid_path, e))?;
-        let pid: i32 = pid_text.trim().parse().map_err(|_| HvError::StartFailed {
-            stderr: format!("bad pid file: {pid_text:?}"),
-        })?;
-        VmProcess::of_pid(pid).map_err(|_| HvError::StartFailed {
-            stderr: "QEMU exited right after start".into(),
-        })
+    }
+
+    async fn prestart(&self, spec: &VmSpec, boot: &Boot) -> Result<VmProcess, HvError> {
+        let (proc, mut q, log_start) = self.launch(spec, boot, true).await?;
+        // The load starts now and ends in the background; `load` resumes.
+        if let Err(e) = begin_load(&mut q, boot).await {
+            return Err(died(&spec.run_dir, &proc, log_start, e).await);
+        }
+        // Kept open for `load`: a claim is then one command on a live
+        // connection, no connect or greeting in the fork's path.
+        self.parked
+            .lock()
+            .expect("parked")
+            .insert(spec.run_dir.clone(), q);
+        Ok(proc)
     }
 
     async fn load(&self, run_dir: &Path, proc: &VmProcess, boot: &Boot) -> Result<(), HvError> {
-        let Boot::Restore {
-            state_file,
-            ram_in_state,
-            ..
-        } = boot
-        else {
+        if !matches!(boot, Boot::Restore { .. }) {
             return Ok(());
-        };
-        let log_path = run_dir.join(QEMU_LOG);
-        let log_start = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
-        if let Err(e) = Self::incoming(run_dir, state_file, *ram_in_state).await {
-            kill(proc);
-            // Give QEMU a moment to write why it died.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let log = read_from(&log_path, log_start);
-            return Err(match e {
-                HvError::QmpProtocol(m) if !log.is_empty() => HvError::StartFailed {
-                    stderr: format!("{m}; QEMU said: {log}"),
-                },
-                e => e,
-            });
         }
-        Ok(())
+        let log_start = log_len(run_dir);
+        let kept = self.parked.lock().expect("parked").remove(run_dir);
+        let resumed = async {
+            let mut q = match kept {
+                Some(q) => q,
+                None => Self::qmp(run_dir).await?,
+            };
+            // Loaded while it waited, normally; if not, this waits.
+            wait_migration(&mut q, "incoming migration").await?;
+            q.execute("cont", None).await?;
+            Ok(())
+        }
+        .await;
+        match resumed {
+            Ok(()) => Ok(()),
+            Err(e) => Err(died(run_dir, proc, log_start, e).await),
+        }
     }
 
     fn endpoints(&self, run_dir: &Path) -> VmEndpoints {
@@ -281,6 +359,12 @@ impl Hypervisor for Qemu {
     ) -> Result<SaveReport, HvError> {
         let mut q = Self::qmp(run_dir).await?;
         let t0 = Instant::now();
+        let status = q.execute("query-status", None).await?;
+        if status.get("status").and_then(|s| s.as_str()) == Some("postmigrate") {
+            // A paused VM saved before: QEMU refuses to migrate it again
+            // until its vCPUs have run, so let them run for an instant.
+            q.execute("cont", None).await?;
+        }
         q.execute("stop", None).await?;
         let pause_ms = t0.elapsed().as_secs_f64() * 1e3;
         set_ignore_shared(&mut q, ram == RamSave::InMemoryFile).await?;
@@ -298,12 +382,41 @@ impl Hypervisor for Qemu {
         })
     }
 
+    fn find_process(&self, run_dir: &Path) -> Option<VmProcess> {
+        let text = std::fs::read_to_string(run_dir.join(PID_FILE)).ok()?;
+        let proc = VmProcess::of_pid(text.trim().parse().ok()?).ok()?;
+        // A reused pid is some other process: it must name this directory.
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", proc.pid)).ok()?;
+        let pid_file = run_dir.join(PID_FILE);
+        let named = cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == pid_file.as_os_str().as_encoded_bytes());
+        named.then_some(proc)
+    }
+
+    async fn vcpus_running(&self, run_dir: &Path) -> Result<bool, HvError> {
+        let status = Self::qmp(run_dir)
+            .await?
+            .execute("query-status", None)
+            .await?;
+        Ok(status
+            .get("running")
+            .and_then(|r| r.as_bool())
+            .unwrap_or(false))
+    }
+
     async fn stop(&self, run_dir: &Path, proc: &VmProcess, grace: Duration) -> Result<(), HvError> {
         if !process_alive(proc) {
             return Ok(());
         }
         // `quit` flushes and closes block devices before exiting.
-        if let Ok(mut q) = Self::qmp(run_dir).await {
+        // A prestarted VM's monitor is held open here (QMP serves one client).
+        let kept = self.parked.lock().expect("parked").remove(run_dir);
+        let q = match kept {
+            Some(q) => Ok(q),
+            None => Self::qmp(run_dir).await,
+        };
+        if let Ok(mut q) = q {
             let _ = q.execute("quit", None).await;
         }
         if tokio::time::timeout(grace, wait_exit(*proc)).await.is_err() {

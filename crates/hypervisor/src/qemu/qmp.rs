@@ -1,4 +1,5 @@
-//! A minimal QMP client: one connection per operation sequence.
+//! A minimal QMP client: one connection per operation sequence (a
+//! prestarted VM's is kept open until it is resumed).
 //!
 //! QEMU's QMP socket serves one client at a time; callers serialize their
 //! operations per VM, so a short-lived connection is enough and leaves no
@@ -47,9 +48,10 @@ impl Qmp {
             writer: w,
             limit,
         };
+        // A monitor busy with another client accepts but never greets.
         let greeting = tokio::time::timeout(limit, qmp.read_message())
             .await
-            .map_err(|_| HvError::Timeout(limit, "QMP greeting"))??;
+            .map_err(|_| HvError::Timeout(limit, "the QMP greeting"))??;
         if greeting.get("QMP").is_none() {
             return Err(HvError::QmpProtocol(format!(
                 "unexpected greeting: {greeting}"
@@ -57,18 +59,6 @@ impl Qmp {
         }
         qmp.execute("qmp_capabilities", None).await?;
         Ok(qmp)
-    }
-
-    /// Connect, retrying while QEMU creates its socket.
-    pub async fn connect_retry(socket: &Path, timeout: Duration) -> Result<Qmp, HvError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            match Qmp::connect(socket).await {
-                Ok(q) => return Ok(q),
-                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
-            }
-        }
     }
 
     /// Run one command and return its `return` value. Events are skipped.
