@@ -91,7 +91,7 @@ impl Qemu {
         let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
         let out = log.try_clone().map_err(|e| HvError::io(&log_path, e))?;
         let mut cmd = tokio::process::Command::new(&binary);
-        confine::umask(&mut cmd);
+        confine::restrict(&mut cmd, spec.network.is_some());
         let mut child = cmd
             .args(&args)
             .stdin(Stdio::null())
