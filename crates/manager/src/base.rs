@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tine_hypervisor::{MemoryMapping, RamSave};
+use tine_storage::Copier;
 use tracing::info;
 
 use crate::error::{chain, ManagerError};
@@ -33,10 +34,14 @@ fn failed(e: impl std::error::Error + 'static) -> ManagerError {
     ManagerError::Failed(chain(&e))
 }
 
-fn copy(src: &Path, dst: &Path) -> Result<(), ManagerError> {
-    tine_storage::copy_file(src, dst)
-        .map(|_| ())
-        .map_err(failed)
+/// One file of a capture; the files of one capture share a `Copier`, so
+/// reflink is asked once per capture on a filesystem without it.
+fn copy(copier: &mut Copier, src: &Path, dst: &Path) -> Result<(), ManagerError> {
+    copier.copy_file(src, dst).map(|_| ()).map_err(failed)
+}
+
+fn copy_one(src: &Path, dst: &Path) -> Result<(), ManagerError> {
+    copy(&mut Copier::new(), src, dst)
 }
 
 fn link(src: &Path, dst: &Path) -> Result<(), ManagerError> {
@@ -70,7 +75,7 @@ impl Manager {
                     self.hv.pause(&slot.dir).await?;
                 }
                 let copied =
-                    blocking(move || copy(&src.join(ROOT_DISK), &dest.join(ROOT_DISK))).await;
+                    blocking(move || copy_one(&src.join(ROOT_DISK), &dest.join(ROOT_DISK))).await;
                 if was_running {
                     self.hv.resume(&slot.dir).await?;
                 }
@@ -83,8 +88,9 @@ impl Manager {
             (State::Standby, SnapshotKind::Standby) => {
                 let ram_in_state = rec.ram_in_state;
                 blocking(move || {
-                    copy(&src.join(ROOT_DISK), &dest.join(ROOT_DISK))?;
-                    copy(&src.join(STATE_FILE), &dest.join(STATE_FILE))?;
+                    let mut copier = Copier::new();
+                    copy(&mut copier, &src.join(ROOT_DISK), &dest.join(ROOT_DISK))?;
+                    copy(&mut copier, &src.join(STATE_FILE), &dest.join(STATE_FILE))?;
                     if src.join(MEMORY_FILE).exists() {
                         link(&src.join(MEMORY_FILE), &dest.join(MEMORY_FILE))?;
                     }
@@ -97,7 +103,7 @@ impl Manager {
                 })
             }
             (State::Standby | State::Stopped | State::Error, SnapshotKind::Stopped) => {
-                blocking(move || copy(&src.join(ROOT_DISK), &dest.join(ROOT_DISK))).await?;
+                blocking(move || copy_one(&src.join(ROOT_DISK), &dest.join(ROOT_DISK))).await?;
                 Ok(Captured {
                     ram_in_state: false,
                     pause_ms: None,
@@ -124,6 +130,10 @@ impl Manager {
             // but it puts the guest's dirty page cache on the disk we copy.
             let _ = crate::agent::sync(&slot.agent).await;
         }
+        if rec.memory == MemoryMapping::Shared {
+            let memory = slot.dir.join(MEMORY_FILE);
+            blocking(move || Ok(drop_unmapped_cache(&memory))).await?;
+        }
         let t0 = Instant::now();
         // x-ignore-shared either way: loads use the same capability (a
         // privately mapped source's RAM is not "shared", so it is saved).
@@ -138,13 +148,19 @@ impl Manager {
             Ok(_) => {
                 let (src, dest, mapping) = (slot.dir.clone(), dest.to_path_buf(), rec.memory);
                 blocking(move || {
-                    copy(&src.join(ROOT_DISK), &dest.join(ROOT_DISK))?;
+                    let mut copier = Copier::new();
+                    copy(&mut copier, &src.join(ROOT_DISK), &dest.join(ROOT_DISK))?;
                     match mapping {
                         MemoryMapping::Private => {
                             link(&src.join(MEMORY_FILE), &dest.join(MEMORY_FILE))
                         }
+                        // SEEK_DATA calls every cached page of the fallocated
+                        // file data, zero or not: write only non-zero blocks,
+                        // so the copy follows what the guest wrote. Whoever
+                        // maps the copy shared fallocates it first.
                         MemoryMapping::Shared => {
-                            copy(&src.join(MEMORY_FILE), &dest.join(MEMORY_FILE))
+                            copier.detect_zeros(true);
+                            copy(&mut copier, &src.join(MEMORY_FILE), &dest.join(MEMORY_FILE))
                         }
                     }
                 })
@@ -202,9 +218,10 @@ impl Manager {
             let _ = std::fs::remove_dir_all(&tmp);
             std::fs::create_dir(&tmp)
                 .map_err(|e| ManagerError::io("create restore directory", e))?;
-            copy(&src.join(ROOT_DISK), &tmp.join(ROOT_DISK))?;
+            let mut copier = Copier::new();
+            copy(&mut copier, &src.join(ROOT_DISK), &tmp.join(ROOT_DISK))?;
             if standby {
-                copy(&src.join(STATE_FILE), &tmp.join(STATE_FILE))?;
+                copy(&mut copier, &src.join(STATE_FILE), &tmp.join(STATE_FILE))?;
                 if src.join(MEMORY_FILE).exists() {
                     link(&src.join(MEMORY_FILE), &tmp.join(MEMORY_FILE))?;
                 }
@@ -248,6 +265,18 @@ impl Manager {
         })?;
         self.network_release(dropped.as_ref()).await;
         Ok(slot.info())
+    }
+}
+
+/// Drops the clean page-cache pages of a running VM's shared memory file
+/// that QEMU does not map: mostly zeros read ahead around the guest's page
+/// faults. SEEK_DATA counts them as data, so the copy taken while the VM is
+/// paused would read them all; dropping them first keeps that copy to the
+/// pages the guest uses. Only a hint: dirty and mapped pages always stay
+/// (the kernel starts writeback of dirty ones, as it would soon anyway).
+fn drop_unmapped_cache(memory: &Path) {
+    if let Ok(file) = std::fs::File::open(memory) {
+        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed);
     }
 }
 

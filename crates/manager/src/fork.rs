@@ -642,8 +642,11 @@ impl Manager {
         let mode = self.cfg.fork_memory;
         let metrics = self.metrics.clone();
         blocking(move || {
-            let copy = |f: &str| {
-                tine_storage::copy_file(&src.join(f), &dst.join(f))
+            // One operation: reflink is asked once, not once per file.
+            let mut copier = tine_storage::Copier::new();
+            let mut copy = |f: &str| {
+                copier
+                    .copy_file(&src.join(f), &dst.join(f))
                     .map(|_| ())
                     .map_err(|e| ManagerError::Failed(chain(&e)))
             };

@@ -111,9 +111,10 @@ pub fn copy_dir(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyReport
 
 /// Copies one regular file to the new path `dst` (which must not exist), with
 /// its mode: reflink first, sparse copy on an "unsupported" answer. On error
-/// no file is left at `dst`.
+/// no file is left at `dst`. To copy several files as one operation, use a
+/// [`Copier`](crate::Copier).
 pub fn copy_file(src: &Path, dst: &Path) -> Result<FileCopyReport, CopyError> {
-    Engine::new(&Real, false).copy_new(src, dst)
+    crate::Copier::new().copy_file(src, dst)
 }
 
 pub(crate) fn copy_dir_with<S: Sys>(

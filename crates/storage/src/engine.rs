@@ -49,6 +49,8 @@ pub(crate) struct Engine<'s, S: Sys> {
     pub(crate) buf: Vec<u8>,
     /// fsync every file written.
     pub(crate) fsync: bool,
+    /// Write all-zero blocks as holes (forces the buffered path).
+    pub(crate) zeros: bool,
 }
 
 impl<'s, S: Sys> Engine<'s, S> {
@@ -59,6 +61,7 @@ impl<'s, S: Sys> Engine<'s, S> {
             range_ok: true,
             buf: Vec::new(),
             fsync,
+            zeros: false,
         }
     }
 
@@ -138,9 +141,15 @@ impl<'s, S: Sys> Engine<'s, S> {
                     let why = Fallback::new(&e, src_path);
                     self.reflink_off = Some(why.clone());
                     fallback = Some(why);
-                    // A refused clone writes nothing; truncating makes that
-                    // an invariant instead of an assumption.
-                    dst.set_len(0).map_err(CopyError::write(dst_path))?;
+                    // A refused clone writes nothing; check rather than
+                    // assume. Never truncate an empty file: on ext4 that
+                    // arms the flush-on-close meant for files replaced by
+                    // truncate-and-rewrite, which costs a whole writeback
+                    // in close().
+                    let len = dst.metadata().map_err(CopyError::write(dst_path))?.len();
+                    if len != 0 {
+                        dst.set_len(0).map_err(CopyError::write(dst_path))?;
+                    }
                 }
                 Err(e) => return Err(CopyError::reflink(dst_path)(e)),
             }

@@ -2,10 +2,12 @@
 //! primitives every fork, snapshot and restore path goes through. It knows
 //! files, not VMs.
 //!
-//! - [`copy_dir`] / [`copy_file`]: reflink (FICLONE) first, so a copy costs
-//!   metadata on XFS and btrfs; after the first "unsupported" answer of an
-//!   operation, a sparse copy that walks data extents and keeps holes. Real
-//!   errors propagate with the path and never leave a half-written file.
+//! - [`copy_dir`] / [`copy_file`] / [`Copier`] (several files as one
+//!   operation): reflink (FICLONE) first, so a copy costs metadata on XFS
+//!   and btrfs; after the first "unsupported" answer of an operation, a
+//!   sparse copy that walks data extents and keeps holes (optionally also
+//!   turning zero blocks into holes). Real errors propagate with the path
+//!   and never leave a half-written file.
 //! - [`share`]: a second name for an immutable file by hardlink (one inode,
 //!   one page cache for all forks), falling back to a copy when refused.
 //! - [`ensure_exclusive`]: the guard of "never write into a memory file whose
@@ -24,6 +26,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod atomic;
+mod copier;
 mod dir;
 mod engine;
 mod errno;
@@ -31,6 +34,7 @@ mod error;
 mod exclusive;
 pub mod fiemap;
 mod probe;
+mod regions;
 mod share;
 mod sparse;
 mod sys;
@@ -44,6 +48,7 @@ mod fault;
 mod fault_tests;
 
 pub use atomic::{sync_dir, write_atomic};
+pub use copier::Copier;
 pub use dir::{
     copy_dir, copy_file, is_temp_name, CopyOptions, CopyReport, SkipReason, Skipped, TEMP_SUFFIX,
 };
