@@ -132,7 +132,11 @@ impl Manager {
         }
         if rec.memory == MemoryMapping::Shared {
             let memory = slot.dir.join(MEMORY_FILE);
-            blocking(move || Ok(drop_unmapped_cache(&memory))).await?;
+            blocking(move || {
+                drop_unmapped_cache(&memory);
+                Ok(())
+            })
+            .await?;
         }
         let t0 = Instant::now();
         // x-ignore-shared either way: loads use the same capability (a
