@@ -127,7 +127,7 @@ fn many_small_regions_past_the_readahead_window_copy_exactly(kind: FsKind) {
     let src = fs.path().join("overlay");
     // 400 pieces of 64 KiB (25 MiB of data, more than the 16 MiB window),
     // then one region larger than a copy_file_range request.
-    let mut regions: Vec<(u64, u64)> = (0..400).map(|i| (i * 256 << 10, 64 << 10)).collect();
+    let mut regions: Vec<(u64, u64)> = (0..400).map(|i| ((i * 256) << 10, 64 << 10)).collect();
     regions.push((120 * MIB, 20 * MIB));
     write_sparse(&src, 160 * MIB, &regions, 7).unwrap();
     let data = 400 * (64 << 10) + 20 * MIB;
