@@ -36,6 +36,11 @@ CORE_MODULES="virtio_mmio"
 # Loaded by the initramfs only when a virtio device of that id is present.
 DEVICE_MODULES="0x0001:virtio_net 0x0002:virtio_blk 0x0003:virtio_console 0x0004:virtio_rng"
 start=$(date +%s)
+# One build per output directory at a time: two builds racing on the same
+# content-named files once left a truncated initrd behind.
+mkdir -p "$OUT"
+exec 9>"$OUT/.build.lock"
+flock 9 || die "cannot lock $OUT/.build.lock"
 
 # --- host tools ---------------------------------------------------------------------
 missing=()

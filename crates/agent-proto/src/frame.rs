@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::msg::{ErrorCode, Request};
+use crate::msg::{ErrorCode, Request, Response};
 
 /// One JSON line, newline included. Compact JSON never contains a raw newline.
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
@@ -74,6 +74,55 @@ impl LineSplitter {
     }
 }
 
+/// Parse one line from the agent (the host's side of the protocol).
+pub fn parse_response(line: &[u8]) -> Result<Response, serde_json::Error> {
+    serde_json::from_slice(line)
+}
+
+/// The host's reading side: turns the guest's byte stream into replies.
+///
+/// Everything here comes from the guest and is untrusted. A line longer than
+/// `max` is fatal (the decoder stays failed): an honest agent never sends one.
+/// Lines that are not a valid reply are dropped: they are tails of frames cut
+/// off when an earlier session disconnected.
+#[derive(Debug)]
+pub struct ReplyDecoder {
+    lines: LineSplitter,
+    failed: bool,
+}
+
+impl ReplyDecoder {
+    /// `max` counts the newline, like [`crate::MAX_LINE`].
+    pub fn new(max: usize) -> Self {
+        ReplyDecoder {
+            lines: LineSplitter::new(max),
+            failed: false,
+        }
+    }
+
+    /// Feed `data`; replies it completes are appended to `out`.
+    pub fn push(&mut self, data: &[u8], out: &mut Vec<Response>) -> Result<(), Oversized> {
+        if self.failed {
+            return Err(Oversized);
+        }
+        let failed = &mut self.failed;
+        self.lines.push(data, |line| match line {
+            Ok(_) if *failed => {}
+            Ok(line) => out.extend(parse_response(line).ok()),
+            Err(Oversized) => *failed = true,
+        });
+        if self.failed {
+            return Err(Oversized);
+        }
+        Ok(())
+    }
+
+    /// Bytes of the unfinished line held so far (never more than `max`).
+    pub fn pending(&self) -> usize {
+        self.lines.pending()
+    }
+}
+
 /// Why a request line was rejected, with the id when one could be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
@@ -141,6 +190,66 @@ mod tests {
         let mut s = LineSplitter::new(16);
         s.push(&[b'x'; 1000], |_| {});
         assert_eq!(s.pending(), 0);
+    }
+
+    fn decode(max: usize, chunks: &[&[u8]]) -> (Vec<Response>, Result<(), Oversized>) {
+        let mut d = ReplyDecoder::new(max);
+        let mut out = Vec::new();
+        let mut result = Ok(());
+        for c in chunks {
+            result = result.and(d.push(c, &mut out));
+        }
+        (out, result)
+    }
+
+    #[test]
+    fn a_reply_split_anywhere_decodes_the_same() {
+        let line = encode(&Response {
+            id: Some(7),
+            reply: Reply::Stdout {
+                data: b"hi".to_vec(),
+            },
+        });
+        let whole = decode(1024, &[&line]);
+        let bytewise: Vec<&[u8]> = line.chunks(1).collect();
+
+        assert_eq!(decode(1024, &bytewise), whole);
+        assert_eq!(whole.0.len(), 1);
+    }
+
+    #[test]
+    fn garbage_bad_utf8_and_bad_base64_lines_are_dropped() {
+        let good = encode(&Response {
+            id: Some(1),
+            reply: Reply::Ok,
+        });
+        let (out, result) = decode(
+            1024,
+            &[
+                b"\xff\xfe{\n",
+                b"{\"id\":2,\"type\":\"stdout\",\"data\":\"!!\"}\n",
+                b"{\"id\":\"\xc3\x28\",\"type\":\"ok\"}\n",
+                b"{\"id\":-1,\"type\":\"ok\"}\n",
+                &good,
+            ],
+        );
+
+        assert_eq!(result, Ok(()));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].id, Some(1));
+    }
+
+    #[test]
+    fn an_oversized_reply_fails_the_decoder_for_good() {
+        let mut d = ReplyDecoder::new(16);
+        let mut out = Vec::new();
+
+        let first = d.push(&[b'x'; 100], &mut out);
+        let later = d.push(b"{\"id\":1,\"type\":\"ok\"}\n", &mut out);
+
+        assert_eq!((first, later), (Err(Oversized), Err(Oversized)));
+        assert!(out.is_empty());
+        assert!(d.pending() <= 16);
     }
 
     #[test]

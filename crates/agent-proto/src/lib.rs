@@ -53,7 +53,9 @@ mod msg;
 #[cfg(feature = "client")]
 pub mod client;
 
-pub use frame::{encode, parse_request, LineSplitter, Oversized, ParseError};
+pub use frame::{
+    encode, parse_request, parse_response, LineSplitter, Oversized, ParseError, ReplyDecoder,
+};
 pub use msg::{
     ErrorCode, ExecRequest, ExitStatus, NetworkConfig, Op, Pong, Reply, Request, Response,
 };

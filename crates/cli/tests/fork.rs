@@ -27,6 +27,9 @@ fn forks_of_a_standby_source_continue_its_process_and_share_its_memory_inode() {
     let report = fork_json(&d, &["src", "--name", "f", "--count", "3"]);
 
     assert_eq!(report["ok"], 3);
+    for f in report["forks"].as_array().unwrap() {
+        common::assert_phases_add_up(f, false);
+    }
     for f in ["f-1", "f-2", "f-3"] {
         assert_eq!(d.state(f), "running");
         assert_eq!(

@@ -34,7 +34,8 @@ fn status_field(pid: i32, field: &str) -> String {
 }
 
 /// The instance's QEMU is in seccomp filter mode with the sandbox tine
-/// asked for, its directory is 0700 and its sockets and logs 0600.
+/// asked for, holds no capability it does not need, its directory is 0700
+/// and its sockets and logs 0600.
 fn assert_confined(d: &Daemon, name: &str) {
     let pid = pid(d, name);
     assert_eq!(
@@ -42,6 +43,16 @@ fn assert_confined(d: &Daemon, name: &str) {
         "2",
         "{name}: QEMU is not under a seccomp filter"
     );
+    // No capability but CAP_NET_ADMIN (bit 12), and that only to create
+    // its TAP.
+    let caps = if d.inspect(name)["network"].is_null() {
+        "0000000000000000"
+    } else {
+        "0000000000001000"
+    };
+    for set in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(status_field(pid, set), caps, "{name}: {set}");
+    }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
     assert!(cmdline.contains("-sandbox on,obsolete=deny,"), "{cmdline}");
@@ -77,6 +88,10 @@ fn qemu_is_sandboxed_with_private_sockets_through_run_restore_and_fork() {
     d.ok(&["fork", "f", "--from-running", "--name", "g"]);
     assert_confined(&d, "g");
     assert_eq!(d.sh("g", "cat /run/m"), "kept\n");
+    // Without a NIC, no capability at all.
+    d.ok(&["run", "--name", "n", "--network", "none"]);
+    assert_confined(&d, "n");
+    assert_eq!(d.sh("n", "echo up"), "up\n");
 }
 
 #[test]

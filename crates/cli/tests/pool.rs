@@ -40,6 +40,9 @@ fn forks_claim_warm_entries_continue_the_source_and_the_pool_refills() {
     let report = d.json(&["fork", "hot", "--name", "w", "--count", "2"]);
 
     assert_eq!(report["ok"], 2);
+    for f in report["forks"].as_array().unwrap() {
+        common::assert_phases_add_up(f, true);
+    }
     let pool = wait_ready(&d, 2);
     assert_eq!(pool["hits"], 2);
     for f in ["w-1", "w-2"] {

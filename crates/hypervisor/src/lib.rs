@@ -192,4 +192,11 @@ pub trait Hypervisor: Send + Sync {
     /// Ask the process to exit (flushing disks), then kill it if it has not
     /// exited within `grace`.
     async fn stop(&self, run_dir: &Path, proc: &VmProcess, grace: Duration) -> Result<(), HvError>;
+
+    /// The live VM process started for `run_dir`, recorded or not (a crash
+    /// between start and record leaves one only the run directory names).
+    fn find_process(&self, run_dir: &Path) -> Option<VmProcess>;
+
+    /// Whether the VM's vCPUs run (false: paused, or waiting for its state).
+    async fn vcpus_running(&self, run_dir: &Path) -> Result<bool, HvError>;
 }

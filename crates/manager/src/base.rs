@@ -145,6 +145,9 @@ impl Manager {
             .hv
             .save_state(&slot.dir, &dest.join(STATE_FILE), RamSave::InMemoryFile)
             .await;
+        let saved = saved
+            .map_err(ManagerError::from)
+            .and_then(|r| crate::failpoint::hit("capture-paused", &rec.name).map(|()| r));
         let captured = match saved {
             Ok(_) => {
                 let (src, dest, mapping) = (slot.dir.clone(), dest.to_path_buf(), rec.memory);
@@ -167,7 +170,7 @@ impl Manager {
                 })
                 .await
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         };
         if was_running {
             self.hv.resume(&slot.dir).await?;
@@ -194,6 +197,7 @@ impl Manager {
         }
         let slot = self.slot(into)?;
         let _g = slot.op.lock().await;
+        let _files = slot.own_files().await;
         let rec = slot.record();
         if rec.state.has_process() {
             return Err(ManagerError::Conflict {

@@ -15,6 +15,16 @@ const CHUNK: usize = 1 << 20;
 pub enum CompressError {
     #[error("cancelled")]
     Cancelled,
+    #[error("{path} is corrupt")]
+    Corrupt {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} does not decompress to {expected} bytes")]
+    WrongSize { path: String, expected: u64 },
+    #[error("write decompressed data")]
+    Write(#[source] io::Error),
     #[error("{what} {path}")]
     Io {
         what: &'static str,
@@ -56,15 +66,14 @@ pub fn compress(
 }
 
 /// Decompress `src` into `dst` via a temp file (sparse: zero runs are holes).
-pub fn decompress(src: &Path, dst: &Path) -> Result<(), CompressError> {
+/// The result must be exactly `expected` bytes (the guest's RAM size).
+pub fn decompress(src: &Path, dst: &Path, expected: u64) -> Result<(), CompressError> {
     let tmp = dst.with_extension("raw.tmp");
-    let never = AtomicBool::new(false);
     let result = (|| {
         let input = std::fs::File::open(src).map_err(io_err("open", src))?;
-        let mut dec = zstd::stream::Decoder::new(input).map_err(io_err("start zstd for", src))?;
         let mut out =
             SparseWriter::new(std::fs::File::create(&tmp).map_err(io_err("create", &tmp))?);
-        copy_cancellable(&mut dec, &mut out, &never, src, &tmp)?;
+        unpack(input, &mut out, expected, src)?;
         let f = out.finish().map_err(io_err("finish", &tmp))?;
         f.sync_all().map_err(io_err("fsync", &tmp))?;
         std::fs::rename(&tmp, dst).map_err(io_err("rename", dst))?;
@@ -74,6 +83,46 @@ pub fn decompress(src: &Path, dst: &Path) -> Result<(), CompressError> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Decode the zstd stream `input` (read from `src`) into `out`. It must give
+/// exactly `expected` bytes: a damaged or substituted file must neither fill
+/// the disk nor make a memory file of the wrong size.
+pub fn unpack(
+    input: impl Read,
+    out: &mut impl Write,
+    expected: u64,
+    src: &Path,
+) -> Result<(), CompressError> {
+    let corrupt = |source| CompressError::Corrupt {
+        path: src.display().to_string(),
+        source,
+    };
+    let dec = zstd::stream::Decoder::new(input).map_err(corrupt)?;
+    // One byte past `expected` tells "too long" without reading the rest.
+    let mut dec = dec.take(expected.saturating_add(1));
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = match dec.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(corrupt(e)),
+        };
+        total += n as u64;
+        if total > expected {
+            break;
+        }
+        out.write_all(&buf[..n]).map_err(CompressError::Write)?;
+    }
+    if total != expected {
+        return Err(CompressError::WrongSize {
+            path: src.display().to_string(),
+            expected,
+        });
+    }
+    Ok(())
 }
 
 fn copy_cancellable(
@@ -153,7 +202,7 @@ mod tests {
         drop(f);
 
         compress(&raw, &zst, 3, &AtomicBool::new(false)).unwrap();
-        decompress(&zst, &back).unwrap();
+        decompress(&zst, &back, 8 << 20).unwrap();
 
         assert_eq!(std::fs::read(&raw).unwrap(), std::fs::read(&back).unwrap());
         use std::os::unix::fs::MetadataExt;
@@ -161,6 +210,36 @@ mod tests {
             std::fs::metadata(&back).unwrap().blocks() * 512 < 1 << 20,
             "holes preserved"
         );
+    }
+
+    #[test]
+    fn a_stream_longer_or_shorter_than_expected_is_refused() {
+        let packed = zstd::encode_all(&[1u8; 5000][..], 3).unwrap();
+        let p = Path::new("m.zst");
+
+        let long = unpack(&packed[..], &mut Vec::new(), 4999, p).unwrap_err();
+        let short = unpack(&packed[..], &mut Vec::new(), 5001, p).unwrap_err();
+        let mut exact = Vec::new();
+        unpack(&packed[..], &mut exact, 5000, p).unwrap();
+
+        assert!(matches!(long, CompressError::WrongSize { .. }), "{long:?}");
+        assert!(
+            matches!(short, CompressError::WrongSize { .. }),
+            "{short:?}"
+        );
+        assert_eq!(exact, [1u8; 5000]);
+    }
+
+    #[test]
+    fn garbage_is_corrupt_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (zst, raw) = (dir.path().join("m.zst"), dir.path().join("m"));
+        std::fs::write(&zst, b"not zstd at all").unwrap();
+
+        let err = decompress(&zst, &raw, 4096).unwrap_err();
+
+        assert!(matches!(err, CompressError::Corrupt { .. }), "{err:?}");
+        assert!(!raw.exists() && !dir.path().join("m.raw.tmp").exists());
     }
 
     #[test]

@@ -66,3 +66,20 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
+
+/// Longest error text kept in an instance record: records stay far under
+/// their 1 MiB limit whatever a guest printed.
+pub(crate) const MAX_RECORDED_ERROR: usize = 4096;
+
+/// `text` cut to at most `max` bytes on a character boundary, marked `…`.
+pub(crate) fn clip(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max.saturating_sub('…'.len_utf8());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}

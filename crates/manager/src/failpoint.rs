@@ -3,7 +3,11 @@
 //! `TINE_FAILPOINTS="NAME=ACTION[:MATCH];…"` in the daemon's environment:
 //! at `hit(NAME, detail)` where `detail` contains MATCH (or always, without
 //! one), ACTION `error` fails the operation and `crash` aborts the daemon
-//! (as kill -9 would, mid-operation). Without the feature `hit` is a no-op.
+//! (as kill -9 would, mid-operation), and `pause` creates
+//! `$TINE_FAILPOINT_DIR/NAME.paused` and waits until the test removes it
+//! (so the test can kill -9 a VM process right there). Without the feature
+//! `hit` is a no-op. The points and what tests check at each:
+//! crates/cli/tests/faults.rs.
 
 use crate::error::ManagerError;
 
@@ -26,10 +30,31 @@ pub(crate) fn hit(name: &str, detail: &str) -> Result<(), ManagerError> {
                 tracing::error!(name, detail, "failpoint: crashing");
                 std::process::abort();
             }
+            "pause" => pause(name, detail),
             _ => return Err(ManagerError::Failed(format!("failpoint {name} hit"))),
         }
     }
     Ok(())
+}
+
+#[cfg(feature = "failpoints")]
+fn pause(name: &str, detail: &str) {
+    let dir =
+        std::env::var_os("TINE_FAILPOINT_DIR").expect("failpoint pause needs TINE_FAILPOINT_DIR");
+    let marker = std::path::Path::new(&dir).join(format!("{name}.paused"));
+    std::fs::write(&marker, detail).expect("write the failpoint marker");
+    tracing::warn!(
+        name,
+        detail,
+        "failpoint: paused until {} is removed",
+        marker.display()
+    );
+    // Other requests keep being served on the runtime's other threads.
+    tokio::task::block_in_place(|| {
+        while marker.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    });
 }
 
 #[cfg(not(feature = "failpoints"))]

@@ -81,6 +81,49 @@ pub struct ForkRequest {
     pub parallel: Option<u32>,
 }
 
+impl ForkRequest {
+    /// The forks' names, checked: NAME-1 … NAME-N, or a template with `{i}`
+    /// placed where the caller wants it.
+    pub fn names(&self) -> Result<Vec<String>, ManagerError> {
+        let count = self.count.unwrap_or(1);
+        if !(1..=MAX_FORKS_PER_REQUEST).contains(&count) {
+            return Err(ManagerError::InvalidArgument(format!(
+                "count {count} is out of range (1..={MAX_FORKS_PER_REQUEST})"
+            )));
+        }
+        let base = match &self.name {
+            Some(n) => n.clone(),
+            None => format!("{}-fork-{}", self.source, &names::new_id()[..4]),
+        };
+        // Every `{i}` gives at least one character, so a longer template
+        // cannot give a valid name; refuse it before expanding it N times.
+        if base.len() > 3 * names::MAX_NAME_LEN {
+            return Err(ManagerError::InvalidArgument(format!(
+                "fork name of {} bytes is too long",
+                base.len()
+            )));
+        }
+        let names: Vec<String> = if base.contains("{i}") {
+            (1..=count)
+                .map(|i| base.replace("{i}", &i.to_string()))
+                .collect()
+        } else if count == 1 {
+            vec![base]
+        } else {
+            (1..=count).map(|i| format!("{base}-{i}")).collect()
+        };
+        if names.iter().collect::<std::collections::HashSet<_>>().len() != names.len() {
+            return Err(ManagerError::InvalidArgument(
+                "the name template gives duplicate names".into(),
+            ));
+        }
+        for n in &names {
+            names::validate_name(n).map_err(ManagerError::InvalidArgument)?;
+        }
+        Ok(names)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ForkOutcome {
     pub name: String,
@@ -90,6 +133,41 @@ pub struct ForkOutcome {
     pub running_ms: Option<f64>,
     /// Request start → agent answered and identity applied.
     pub ready_ms: Option<f64>,
+    /// Where this fork's time went (a fork that reached running).
+    #[serde(default)]
+    pub phases: Option<ForkPhases>,
+}
+
+/// One fork's time by phase, in ms; they add up to its `ready_ms`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ForkPhases {
+    /// Request start → this fork's work began (source capture, base checks,
+    /// waiting for a `--parallel` slot).
+    pub waited_ms: f64,
+    /// Its directory: disk and device state copied, memory file linked
+    /// (0 for a warm pool entry: made ahead).
+    pub files_ms: f64,
+    /// VM start and state load until its vCPUs run (a warm entry: resume).
+    pub vm_ms: f64,
+    /// vCPUs running → the guest agent answers.
+    pub agent_ms: f64,
+    /// Agent → ready: entropy, hostname, machine-id, clock, network.
+    pub identity_ms: f64,
+    /// Made from a warm pool entry.
+    pub pooled: bool,
+}
+
+impl ForkPhases {
+    fn of(began_ms: f64, files_ms: f64, t: &BootTimes, pooled: bool) -> ForkPhases {
+        ForkPhases {
+            waited_ms: began_ms,
+            files_ms,
+            vm_ms: t.running_ms - t.start_ms,
+            agent_ms: t.agent_ms - t.running_ms,
+            identity_ms: t.ready_ms - t.agent_ms,
+            pooled,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,6 +241,13 @@ impl Base {
 }
 
 impl Base {
+    /// Keep `slot`'s parked files from being restored or removed while
+    /// forks are made from them.
+    async fn holding(mut self, slot: &crate::Slot) -> Base {
+        self._hold = Some(slot.files.clone().read_owned().await);
+        self
+    }
+
     /// The record of a new fork (or warm-pool entry) of this base.
     pub(crate) fn new_record(
         &self,
@@ -235,6 +320,8 @@ impl Manager {
         let image = image::load(&self.cfg.images_dir, &base.image)?;
         let parallel = req.parallel.unwrap_or(4).clamp(1, 32) as usize;
         let sem = Arc::new(Semaphore::new(parallel));
+        // Refills of the source's pool wait until the burst is done.
+        let burst = self.pool_burst(&base);
         let base = Arc::new(base);
         let mut tasks = Vec::new();
         for name in names {
@@ -260,6 +347,7 @@ impl Manager {
                     .map_err(|e| ManagerError::Failed(format!("fork task: {e}")))?,
             );
         }
+        drop(burst);
         if let Some(staging) = &base.staging {
             // Forks hold their own links and copies now.
             let _ = remove_dir(staging);
@@ -297,33 +385,8 @@ impl Manager {
     }
 
     fn fork_names(&self, req: &ForkRequest) -> Result<Vec<String>, ManagerError> {
-        let count = req.count.unwrap_or(1);
-        if !(1..=MAX_FORKS_PER_REQUEST).contains(&count) {
-            return Err(ManagerError::InvalidArgument(format!(
-                "count {count} is out of range (1..={MAX_FORKS_PER_REQUEST})"
-            )));
-        }
-        let base = match &req.name {
-            Some(n) => n.clone(),
-            None => format!("{}-fork-{}", req.source, &names::new_id()[..4]),
-        };
-        // NAME-i, or a template with {i} placed where the caller wants it.
-        let names: Vec<String> = if base.contains("{i}") {
-            (1..=count)
-                .map(|i| base.replace("{i}", &i.to_string()))
-                .collect()
-        } else if count == 1 {
-            vec![base]
-        } else {
-            (1..=count).map(|i| format!("{base}-{i}")).collect()
-        };
-        if names.iter().collect::<std::collections::HashSet<_>>().len() != names.len() {
-            return Err(ManagerError::InvalidArgument(
-                "the name template gives duplicate names".into(),
-            ));
-        }
+        let names = req.names()?;
         for n in &names {
-            names::validate_name(n).map_err(ManagerError::InvalidArgument)?;
             if self.slot(n).is_ok() {
                 return Err(ManagerError::AlreadyExists(n.clone()));
             }
@@ -394,9 +457,9 @@ impl Manager {
                 info!(name = rec.name, "materializing the memory file of a parked fork before forking it");
                 self.restore_locked(&slot).await?;
                 self.standby_locked(&slot).await?;
-                Ok((Base::of_instance(slot.dir.clone(), &slot.record(), None, &req.source), None))
+                Ok((Base::of_instance(slot.dir.clone(), &slot.record(), None, &req.source).holding(&slot).await, None))
             }
-            State::Standby => Ok((Base::of_instance(slot.dir.clone(), &rec, None, &req.source), None)),
+            State::Standby => Ok((Base::of_instance(slot.dir.clone(), &rec, None, &req.source).holding(&slot).await, None)),
             State::Running | State::Paused if req.from_running => {
                 let staging = self.cfg.data_dir.join("staging").join(names::new_id());
                 crate::ops::create_private_dir(&staging)?;
@@ -435,6 +498,7 @@ impl Manager {
             error: None,
             running_ms: None,
             ready_ms: None,
+            phases: None,
         };
         if target == ForkTarget::Running && base.has_state {
             tracing::debug!(name, before_claim_ms = ms(t0), "fork ready to claim");
@@ -445,6 +509,9 @@ impl Manager {
                         let _ = slot.update(|r| r.ram_in_state = false);
                         out.running_ms = Some(times.running_ms);
                         out.ready_ms = Some(times.ready_ms);
+                        // The entry's files were made ahead; what the
+                        // claim waited for before resuming counts as waiting.
+                        out.phases = Some(ForkPhases::of(times.start_ms, 0.0, &times, true));
                         out.instance = Some(slot.info());
                     }
                     Err((slot, e)) => {
@@ -476,6 +543,7 @@ impl Manager {
             error: None,
             running_ms: None,
             ready_ms: None,
+            phases: None,
         };
         // Without device state the fork boots fresh and owns its RAM file.
         let memory = if base.has_state {
@@ -509,6 +577,7 @@ impl Manager {
             return out;
         }
         let with_state = base.has_state && target != ForkTarget::Stopped;
+        let began_ms = ms(t0);
         let made = self.fork_files(base, &slot.dir, with_state).await;
         let result: Result<Option<BootTimes>, ManagerError> = match (made, target) {
             (Err(e), _) => Err(e),
@@ -548,6 +617,9 @@ impl Manager {
                 }
                 out.running_ms = times.map(|t| t.running_ms);
                 out.ready_ms = times.map(|t| t.ready_ms);
+                // Files: the fork's directory, memory-file checks, TAP.
+                out.phases =
+                    times.map(|t| ForkPhases::of(began_ms, t.start_ms - began_ms, &t, false));
                 out.instance = Some(slot.info());
             }
             Err(e) => {
@@ -624,7 +696,9 @@ impl Manager {
 fn shift(t: BootTimes, offset: Duration) -> BootTimes {
     let o = offset.as_secs_f64() * 1e3;
     BootTimes {
+        start_ms: t.start_ms + o,
         running_ms: t.running_ms + o,
+        agent_ms: t.agent_ms + o,
         ready_ms: t.ready_ms + o,
     }
 }
@@ -644,4 +718,40 @@ fn full_copy(from: &Path, to: &Path) -> std::io::Result<()> {
         w.write_all(&buf[..n])?;
     }
     w.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(name: &str, count: u32) -> ForkRequest {
+        ForkRequest {
+            source: "src".into(),
+            name: Some(name.into()),
+            count: Some(count),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn names_are_numbered_or_templated() {
+        assert_eq!(req("w", 2).names().unwrap(), ["w-1", "w-2"]);
+        assert_eq!(req("a{i}b", 2).names().unwrap(), ["a1b", "a2b"]);
+        assert_eq!(req("one", 1).names().unwrap(), ["one"]);
+    }
+
+    #[test]
+    fn a_template_too_long_to_give_a_valid_name_is_refused_before_expansion() {
+        let err = req(&"{i}".repeat(300_000), MAX_FORKS_PER_REQUEST)
+            .names()
+            .unwrap_err();
+        assert!(err.to_string().contains("too long"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_counts_and_invalid_names_are_refused() {
+        assert!(req("x", 0).names().is_err());
+        assert!(req("x", MAX_FORKS_PER_REQUEST + 1).names().is_err());
+        assert!(req("Bad", 1).names().is_err());
+    }
 }

@@ -4,13 +4,30 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// `manifest.json`: the image's files, by plain name inside its directory.
 #[derive(Debug, Clone, Deserialize)]
-struct Manifest {
-    schema: u32,
-    kernel: String,
-    initrd: String,
-    rootfs: String,
-    cmdline: String,
+pub struct Manifest {
+    pub schema: u32,
+    pub kernel: String,
+    pub initrd: String,
+    pub rootfs: String,
+    pub cmdline: String,
+}
+
+/// Parse a manifest: schema 1, and file names that stay inside the image
+/// directory.
+pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
+    let m: Manifest =
+        serde_json::from_slice(bytes).map_err(|e| format!("bad manifest.json: {e}"))?;
+    if m.schema != 1 {
+        return Err(format!("manifest schema {} is not supported", m.schema));
+    }
+    for f in [&m.kernel, &m.initrd, &m.rootfs] {
+        if f.is_empty() || f == "." || f == ".." || f.contains(['/', '\0']) {
+            return Err(format!("manifest path {f:?} must be a plain file name"));
+        }
+    }
+    Ok(m)
 }
 
 /// A validated image: every file exists.
@@ -49,20 +66,8 @@ pub fn load(images_dir: &Path, name: &str) -> Result<Image, ImageError> {
         name: name.into(),
         problem,
     };
-    let m: Manifest =
-        serde_json::from_slice(&bytes).map_err(|e| broken(format!("bad manifest.json: {e}")))?;
-    if m.schema != 1 {
-        return Err(broken(format!(
-            "manifest schema {} is not supported",
-            m.schema
-        )));
-    }
+    let m = parse_manifest(&bytes).map_err(broken)?;
     let file = |rel: &str| -> Result<PathBuf, ImageError> {
-        if rel.contains('/') {
-            return Err(broken(format!(
-                "manifest path {rel:?} must be a plain file name"
-            )));
-        }
         let p = dir.join(rel);
         if !p.is_file() {
             return Err(broken(format!(
@@ -80,4 +85,32 @@ pub fn load(images_dir: &Path, name: &str) -> Result<Image, ImageError> {
         rootfs: file(&m.rootfs)?,
         cmdline: m.cmdline,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(kernel: &str) -> Vec<u8> {
+        serde_json::json!({
+            "schema": 1, "kernel": kernel, "initrd": "i", "rootfs": "r", "cmdline": "c"
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn plain_file_names_are_accepted() {
+        assert_eq!(
+            parse_manifest(&manifest("vmlinux")).unwrap().kernel,
+            "vmlinux"
+        );
+    }
+
+    #[test]
+    fn names_that_leave_the_image_directory_are_refused() {
+        for bad in ["", ".", "..", "../x", "/boot/vmlinuz", "a\0b"] {
+            assert!(parse_manifest(&manifest(bad)).is_err(), "{bad:?}");
+        }
+    }
 }

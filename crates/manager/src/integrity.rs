@@ -17,16 +17,23 @@ pub struct StateDigest {
 }
 
 pub(crate) fn digest(path: &Path) -> Result<StateDigest, ManagerError> {
-    let io = |e| ManagerError::io(format!("read {}", path.display()), e);
-    let mut f = std::fs::File::open(path).map_err(io)?;
+    let f = std::fs::File::open(path)
+        .map_err(|e| ManagerError::io(format!("read {}", path.display()), e))?;
+    digest_of(f).map_err(|e| ManagerError::io(format!("read {}", path.display()), e))
+}
+
+/// Size and CRC-32 of everything `r` yields.
+pub fn digest_of(mut r: impl Read) -> std::io::Result<StateDigest> {
     let mut h = crc32fast::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut bytes = 0u64;
     loop {
-        let n = f.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         h.update(&buf[..n]);
         bytes += n as u64;
     }

@@ -11,7 +11,7 @@
 pub mod admission;
 mod agent;
 mod base;
-mod compress;
+pub mod compress;
 pub mod error;
 pub mod failpoint;
 pub mod fork;
@@ -22,7 +22,7 @@ pub mod metrics;
 pub mod names;
 pub mod network;
 mod ops;
-mod pool;
+pub mod pool;
 pub mod record;
 mod recover;
 mod snapshot;
@@ -51,6 +51,7 @@ pub use tine_agent_proto::{ExecRequest, ExitStatus};
 pub use tine_hypervisor::{Accel, HvError};
 
 pub const MIN_MEMORY_MIB: u32 = 64;
+pub const DEFAULT_MEMORY_MIB: u32 = 256;
 pub const MAX_MEMORY_MIB: u32 = 64 * 1024;
 pub const MAX_VCPUS: u32 = 64;
 
@@ -126,6 +127,28 @@ pub struct RunRequest {
     pub network: Option<network::NetworkMode>,
 }
 
+impl RunRequest {
+    /// Memory, vCPUs and name: what can be checked before anything is made.
+    pub fn validate(&self) -> Result<(), ManagerError> {
+        ops::validate_size(
+            self.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
+            self.vcpus.unwrap_or(1),
+        )?;
+        if let Some(n) = &self.name {
+            names::validate_name(n).map_err(ManagerError::InvalidArgument)?;
+        }
+        Ok(())
+    }
+}
+
+/// Every exec needs a command; the agent bounds the rest.
+pub fn validate_exec(req: &ExecRequest) -> Result<(), ManagerError> {
+    if req.argv.is_empty() {
+        return Err(ManagerError::InvalidArgument("exec needs a command".into()));
+    }
+    Ok(())
+}
+
 /// What clients see of an instance.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InstanceInfo {
@@ -151,11 +174,27 @@ struct Slot {
     dir: PathBuf,
     /// Held for the whole of every state-changing operation.
     op: tokio::sync::Mutex<()>,
+    /// Held shared by forks made from this instance's parked files until
+    /// they have their own; restore and rm take it exclusive first.
+    files: Arc<tokio::sync::RwLock<()>>,
     rec: Mutex<InstanceRecord>,
     agent: agent::AgentSlot,
 }
 
 impl Slot {
+    /// Wait until no fork is still reading this instance's parked files
+    /// (restore rewrites them, rm deletes them).
+    async fn own_files(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        match self.files.try_write() {
+            Ok(g) => g,
+            Err(_) => {
+                let name = self.record().name;
+                tracing::info!(name, "waiting for forks being made from its parked files");
+                self.files.write().await
+            }
+        }
+    }
+
     fn record(&self) -> InstanceRecord {
         self.rec.lock().expect("record lock").clone()
     }

@@ -1,6 +1,9 @@
 //! Instance names and ids. Names become directory-free labels only (ids name
 //! directories), but we still refuse anything that could be read as a path.
 
+/// Longest instance, snapshot or image name.
+pub const MAX_NAME_LEN: usize = 63;
+
 /// `[a-z0-9][a-z0-9_.-]{0,62}`
 pub fn validate_name(name: &str) -> Result<(), String> {
     let bytes = name.as_bytes();
@@ -10,11 +13,14 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     let ok_rest = bytes[1.min(bytes.len())..]
         .iter()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'));
-    if ok_first && ok_rest && bytes.len() <= 63 {
+    if ok_first && ok_rest && bytes.len() <= MAX_NAME_LEN {
         Ok(())
     } else {
+        // Quote a bounded prefix: the name may be a megabyte of garbage.
+        let shown: String = name.chars().take(MAX_NAME_LEN + 1).collect();
+        let more = if shown.len() < name.len() { "…" } else { "" };
         Err(format!(
-            "invalid name {name:?}: use 1-63 characters from a-z 0-9 _ . -, starting with a letter or digit"
+            "invalid name {shown:?}{more}: use 1-63 characters from a-z 0-9 _ . -, starting with a letter or digit"
         ))
     }
 }
@@ -56,6 +62,12 @@ mod tests {
         ] {
             assert!(validate_name(n).is_err(), "{n}");
         }
+    }
+
+    #[test]
+    fn the_error_for_a_huge_name_quotes_only_its_start() {
+        let err = validate_name(&"A".repeat(1 << 20)).unwrap_err();
+        assert!(err.len() < 300, "{}", err.len());
     }
 
     #[test]

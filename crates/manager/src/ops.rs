@@ -25,9 +25,9 @@ impl Manager {
     /// Create and boot an instance; returns once the guest agent answers.
     /// On any failure the half-made instance is removed entirely.
     pub async fn run(self: &Arc<Self>, req: RunRequest) -> Result<InstanceInfo, ManagerError> {
-        let memory_mib = req.memory_mib.unwrap_or(256);
+        req.validate()?;
+        let memory_mib = req.memory_mib.unwrap_or(crate::DEFAULT_MEMORY_MIB);
         let vcpus = req.vcpus.unwrap_or(1);
-        validate_size(memory_mib, vcpus)?;
         let _ticket = self.admit(crate::admission::Demand {
             what: "run",
             count: 1,
@@ -39,10 +39,7 @@ impl Manager {
         self.hv.check()?;
         let id = names::new_id();
         let name = match req.name {
-            Some(n) => {
-                names::validate_name(&n).map_err(ManagerError::InvalidArgument)?;
-                n
-            }
+            Some(n) => n,
             None => format!("vm-{}", &id[..6]),
         };
         let network = self.network_lease(req.network, &id)?;
@@ -106,6 +103,7 @@ impl Manager {
             id: record.id.clone(),
             dir,
             op: tokio::sync::Mutex::new(()),
+            files: Default::default(),
             rec: Mutex::new(record),
             agent: agent::AgentSlot::default(),
         });
@@ -135,31 +133,44 @@ impl Manager {
         identity: Option<agent::Identity>,
         until_running: Option<OwnedSemaphorePermit>,
     ) -> Result<BootTimes, ManagerError> {
+        let t0 = Instant::now();
         let rec = slot.record();
         let spec = self.spec(slot, &rec, image);
         memfile::prepare(&spec.memory_file, &boot, rec.memory_mib, &self.metrics)?;
         self.network_prepare(&rec).await?;
         let restoring = matches!(boot, Boot::Restore { .. });
-        let t0 = Instant::now();
+        let start_ms = ms(t0);
         let proc = self.hv.start(&spec, boot).await?;
         // A burst's concurrency slot bounds VM starts, not agent waits.
         drop(until_running);
+        // The VM runs (a restore: state loaded, resumed) but no record names it yet.
+        crate::failpoint::hit("vm-started", &rec.name)
+            .inspect_err(|_| tine_hypervisor::qemu::kill(&proc))?;
         let running_ms = ms(t0);
-        self.finish_boot(slot, proc, t0, running_ms, identity, restoring)
+        let clock = BootClock {
+            t0,
+            start_ms,
+            running_ms,
+        };
+        self.finish_boot(slot, proc, clock, identity, restoring)
             .await
     }
 
     /// Everything after the VM's vCPUs run: record the process, watch it,
-    /// wait for the agent, clock/identity, commit. `t0` is when timing began.
+    /// wait for the agent, clock/identity, commit.
     pub(crate) async fn finish_boot(
         self: &Arc<Self>,
         slot: &Arc<Slot>,
         proc: VmProcess,
-        t0: Instant,
-        running_ms: f64,
+        clock: BootClock,
         identity: Option<agent::Identity>,
         restoring: bool,
     ) -> Result<BootTimes, ManagerError> {
+        let BootClock {
+            t0,
+            start_ms,
+            running_ms,
+        } = clock;
         let rec = slot.record();
         // A new instance (run, fork) stays Created until it is ready, so a
         // daemon crash before then leaves nothing that looks finished: the
@@ -181,6 +192,7 @@ impl Manager {
             }
             Ok(()) = tine_hypervisor::wait_exit(proc) => Err("the VM process exited while the guest was booting".to_string()),
         };
+        let agent_ms = ms(t0);
         if let Err(why) = ready {
             let console = console_tail(&endpoints.console_log, 8);
             let hv = console_tail(&endpoints.hypervisor_log, 8);
@@ -213,7 +225,9 @@ impl Manager {
         })?;
         info!(name = rec.name, running_ms, ready_ms, "instance running");
         Ok(BootTimes {
+            start_ms,
             running_ms,
+            agent_ms,
             ready_ms,
         })
     }
@@ -253,7 +267,7 @@ impl Manager {
                     pid = proc.pid,
                     "VM process exited unexpectedly"
                 );
-                slot.agent.reset().await;
+                slot.agent.reset();
                 let _ = slot.update(|r| {
                     r.state = State::Error;
                     r.process = None;
@@ -328,6 +342,7 @@ impl Manager {
         let _g = slot.op.lock().await;
         let rec = slot.record();
         self.transition(&rec, if force { Op::ForceRemove } else { Op::Remove })?;
+        let _files = slot.own_files().await;
         self.pool_invalidate(crate::ForkFrom::Instance, &rec.name)
             .await;
         self.pool_invalidate(crate::ForkFrom::Instance, &rec.id)
@@ -346,9 +361,11 @@ impl Manager {
         req: ExecRequest,
     ) -> Result<crate::ExecOutput, ManagerError> {
         let slot = self.exec_slot(name, &req)?;
-        agent::exec(&slot.agent, &req)
-            .await
-            .map_err(|e| self.agent_err(&slot, e))
+        let before = slot.record();
+        match agent::exec(&slot.agent, &req).await {
+            Ok(out) => Ok(out),
+            Err(e) => Err(self.exec_err(&slot, &before, e).await),
+        }
     }
 
     /// Like [`exec`](Self::exec), streaming output events as they arrive.
@@ -358,15 +375,41 @@ impl Manager {
         req: ExecRequest,
     ) -> Result<tokio::sync::mpsc::Receiver<Result<crate::ExecEvent, String>>, ManagerError> {
         let slot = self.exec_slot(name, &req)?;
-        agent::exec_stream(&slot.agent, &req)
-            .await
-            .map_err(|e| self.agent_err(&slot, e))
+        let before = slot.record();
+        match agent::exec_stream(&slot.agent, &req).await {
+            Ok(rx) => Ok(rx),
+            Err(e) => Err(self.exec_err(&slot, &before, e).await),
+        }
+    }
+
+    /// An exec whose VM was stopped, parked or removed under it is refused
+    /// (409), not reported as a broken agent (502).
+    async fn exec_err(
+        &self,
+        slot: &Slot,
+        before: &InstanceRecord,
+        source: tine_agent_proto::client::AgentError,
+    ) -> ManagerError {
+        // Let the operation that interrupted the call finish first.
+        let _g = slot.op.lock().await;
+        let now = slot.record();
+        let removed = !self.slots.read().expect("slots").contains_key(&slot.id);
+        let detail = match (removed, now.state) {
+            (true, _) => "it was removed while the command ran".to_string(),
+            (false, State::Running) if now.process == before.process => {
+                return self.agent_err(slot, source);
+            }
+            (false, State::Running) => "it was restarted while the command ran".to_string(),
+            (false, state) => format!("it became {state} while the command ran"),
+        };
+        ManagerError::Busy {
+            name: now.name,
+            detail,
+        }
     }
 
     fn exec_slot(&self, name: &str, req: &ExecRequest) -> Result<Arc<Slot>, ManagerError> {
-        if req.argv.is_empty() {
-            return Err(ManagerError::InvalidArgument("exec needs a command".into()));
-        }
+        crate::validate_exec(req)?;
         let slot = self.slot(name)?;
         self.transition(&slot.record(), Op::Exec)?;
         Ok(slot)
@@ -396,7 +439,7 @@ impl Manager {
 
     /// Stop the VM process if there is one (flushing disks), and forget it.
     pub(crate) async fn halt(&self, slot: &Slot, rec: &InstanceRecord) -> Result<(), ManagerError> {
-        slot.agent.reset().await;
+        slot.agent.reset();
         if let Some(proc) = rec.process {
             self.hv.stop(&slot.dir, &proc, STOP_GRACE).await?;
         }
@@ -409,11 +452,14 @@ impl Manager {
         if let Some(proc) = rec.process {
             let _ = self.hv.stop(&slot.dir, &proc, Duration::from_secs(2)).await;
         }
-        slot.agent.reset().await;
+        slot.agent.reset();
         let _ = slot.update(|r| {
             r.state = State::Error;
             r.process = None;
-            r.error = Some(chain(err));
+            r.error = Some(crate::error::clip(
+                chain(err),
+                crate::error::MAX_RECORDED_ERROR,
+            ));
         });
     }
 
@@ -489,20 +535,74 @@ pub(crate) fn remove_dir(dir: &std::path::Path) -> Result<(), ManagerError> {
     }
 }
 
+/// The last `lines` lines of a log the guest writes (console) or can make
+/// QEMU write: only its last 16 KiB are read and each line is cut to 200
+/// bytes, since the text ends up in error messages and records.
 pub(crate) fn console_tail(path: &std::path::Path, lines: usize) -> String {
-    let text = std::fs::read(path).unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
-    let all: Vec<&str> = text.lines().collect();
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 16 << 10;
+    let mut buf = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if f.seek(SeekFrom::Start(len.saturating_sub(TAIL))).is_ok() {
+            let _ = f.take(TAIL).read_to_end(&mut buf);
+        }
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let all: Vec<String> = text
+        .lines()
+        .map(|l| crate::error::clip(l.to_string(), 200))
+        .collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A boot's timing so far: when it began, and (ms after that) when the VM
+/// start began and when its vCPUs ran.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BootClock {
+    pub(crate) t0: Instant,
+    pub(crate) start_ms: f64,
+    pub(crate) running_ms: f64,
 }
 
 /// How long a boot took: to vCPUs running, and to the agent answering.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct BootTimes {
+    /// When the VM's start (or a warm VM's resume) began.
+    pub start_ms: f64,
     pub running_ms: f64,
+    /// When the guest agent first answered.
+    pub agent_ms: f64,
     pub ready_ms: f64,
 }
 
 pub(crate) fn ms(t0: Instant) -> f64 {
     t0.elapsed().as_secs_f64() * 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_tail_of_a_flooded_log_is_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        let mut text = "x".repeat(8 << 20);
+        text.push_str("\nlast words\n");
+        std::fs::write(&log, text).unwrap();
+
+        let tail = console_tail(&log, 8);
+
+        assert!(tail.len() <= 2 * 200, "{}", tail.len());
+        assert!(tail.ends_with("last words"), "{tail}");
+    }
+
+    #[test]
+    fn a_recorded_error_is_clipped_on_a_character_boundary() {
+        let text = crate::error::clip("é".repeat(10_000), MAX);
+        assert!(text.len() <= MAX && text.ends_with('…'));
+    }
+
+    const MAX: usize = crate::error::MAX_RECORDED_ERROR;
 }

@@ -15,7 +15,7 @@
 //! `DATA_DIR/pools.json` and are refilled at daemon start.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -38,6 +38,29 @@ pub struct PoolSpec {
     pub size: u32,
 }
 
+impl PoolSpec {
+    /// Size and source name: what can be checked without the daemon's state.
+    pub fn validate(&self) -> Result<(), ManagerError> {
+        if !(1..=MAX_POOL_SIZE).contains(&self.size) {
+            return Err(ManagerError::InvalidArgument(format!(
+                "pool size {} is out of range (1..={MAX_POOL_SIZE})",
+                self.size
+            )));
+        }
+        names::validate_name(&self.source).map_err(ManagerError::InvalidArgument)
+    }
+}
+
+/// Parse `pools.json` (what `save_pools` wrote); every spec must be valid.
+pub fn parse_pools(bytes: &[u8]) -> Result<Vec<PoolSpec>, ManagerError> {
+    let specs: Vec<PoolSpec> = serde_json::from_slice(bytes)
+        .map_err(|e| ManagerError::Failed(format!("malformed pools.json: {e}")))?;
+    for spec in &specs {
+        spec.validate()?;
+    }
+    Ok(specs)
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PoolInfo {
     #[serde(flatten)]
@@ -56,8 +79,24 @@ pub(crate) struct Pool {
     key: Mutex<Option<String>>,
     entries: Mutex<Vec<(Arc<Slot>, VmProcess)>>,
     filling: AtomicBool,
+    /// Fork bursts from this pool's source under way: refills wait for
+    /// them, so new QEMUs do not compete with the claims for the CPU.
+    bursts: AtomicUsize,
     hits: AtomicU64,
     misses: AtomicU64,
+}
+
+/// Marks a fork burst from a pooled source; when it ends, the pool refills.
+pub(crate) struct Burst {
+    mgr: Arc<Manager>,
+    pool: Arc<Pool>,
+}
+
+impl Drop for Burst {
+    fn drop(&mut self) {
+        self.pool.bursts.fetch_sub(1, Ordering::AcqRel);
+        self.mgr.refill(self.pool.clone());
+    }
 }
 
 fn pool_id(from: ForkFrom, source: &str) -> String {
@@ -100,12 +139,7 @@ impl Manager {
 
     /// Create or resize a pool; entries are made in the background.
     pub async fn pool_set(self: &Arc<Self>, spec: PoolSpec) -> Result<PoolInfo, ManagerError> {
-        if !(1..=MAX_POOL_SIZE).contains(&spec.size) {
-            return Err(ManagerError::InvalidArgument(format!(
-                "pool size {} is out of range (1..={MAX_POOL_SIZE})",
-                spec.size
-            )));
-        }
+        spec.validate()?;
         // The source must be forkable now (fails early with a clear error).
         let probe = ForkRequest {
             source: spec.source.clone(),
@@ -124,6 +158,7 @@ impl Manager {
             key: Mutex::new(None),
             entries: Mutex::new(Vec::new()),
             filling: AtomicBool::new(false),
+            bursts: AtomicUsize::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         });
@@ -189,7 +224,7 @@ impl Manager {
         let Ok(bytes) = std::fs::read(self.cfg.data_dir.join(POOLS_FILE)) else {
             return;
         };
-        let specs: Vec<PoolSpec> = match serde_json::from_slice(&bytes) {
+        let specs = match parse_pools(&bytes) {
             Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "ignoring a malformed pools.json");
@@ -224,6 +259,10 @@ impl Manager {
                 if have >= pool.spec.size as usize
                     || !current.is_some_and(|c| Arc::ptr_eq(&c, &pool))
                 {
+                    break;
+                }
+                if pool.bursts.load(Ordering::Acquire) > 0 {
+                    // The burst's end starts another refill.
                     break;
                 }
                 if let Err(e) = mgr.prefill_one(&pool).await {
@@ -305,6 +344,21 @@ impl Manager {
         }
     }
 
+    /// Mark a fork burst from `base`'s source, if it has a pool.
+    pub(crate) fn pool_burst(self: &Arc<Self>, base: &Base) -> Option<Burst> {
+        let pool = self
+            .pools
+            .lock()
+            .expect("pools")
+            .get(&pool_id(base.from, &base.source))
+            .cloned()?;
+        pool.bursts.fetch_add(1, Ordering::AcqRel);
+        Some(Burst {
+            mgr: self.clone(),
+            pool,
+        })
+    }
+
     /// Take a ready entry made from `base`, if any (a miss triggers nothing
     /// but the count; every take triggers a refill).
     pub(crate) fn pool_take(self: &Arc<Self>, base: &Base) -> Option<(Arc<Slot>, VmProcess, Boot)> {
@@ -380,8 +434,11 @@ impl Manager {
             .finish_boot(
                 &slot,
                 proc,
-                t0,
-                running_ms,
+                crate::ops::BootClock {
+                    t0,
+                    start_ms: taken_ms,
+                    running_ms,
+                },
                 Some(crate::agent::Identity::new(name)),
                 true,
             )

@@ -82,6 +82,8 @@ pub enum RecordError {
     },
     #[error("record {path} has schema {found}, this tine reads {SCHEMA}")]
     Schema { path: String, found: u32 },
+    #[error("record {path} is invalid: {problem}")]
+    Invalid { path: String, problem: String },
 }
 
 impl InstanceRecord {
@@ -120,10 +122,33 @@ impl InstanceRecord {
                 found: v.schema,
             });
         }
-        serde_json::from_slice(bytes).map_err(|e| RecordError::Malformed {
+        let rec: InstanceRecord =
+            serde_json::from_slice(bytes).map_err(|e| RecordError::Malformed {
+                path: path.into(),
+                source: e,
+            })?;
+        rec.check().map_err(|problem| RecordError::Invalid {
             path: path.into(),
-            source: e,
-        })
+            problem,
+        })?;
+        Ok(rec)
+    }
+
+    /// What tine relies on when it uses a record: the id names the TAP and
+    /// sockets, the name is how clients find it, the lease is passed to QEMU
+    /// and `ip` verbatim, so each must be exactly what tine would have written.
+    fn check(&self) -> Result<(), String> {
+        if !crate::names::looks_like_id(&self.id) {
+            return Err("id is not 12 hex digits".into());
+        }
+        crate::names::validate_name(&self.name)?;
+        crate::names::validate_name(&self.image).map_err(|e| format!("image: {e}"))?;
+        if let Some(lease) = &self.network {
+            if !lease.belongs_to(&self.id) {
+                return Err("network lease does not match the instance id and address".into());
+            }
+        }
+        Ok(())
     }
 
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
@@ -187,6 +212,25 @@ mod tests {
         v["schema"] = 99.into();
         let err = InstanceRecord::decode(v.to_string().as_bytes(), "x").unwrap_err();
         assert!(matches!(err, RecordError::Schema { found: 99, .. }));
+    }
+
+    #[test]
+    fn a_lease_naming_another_tap_or_mac_is_invalid() {
+        for edit in [
+            |r: &mut InstanceRecord| r.network.as_mut().unwrap().tap = "x,script=/bin/sh".into(),
+            |r: &mut InstanceRecord| r.network.as_mut().unwrap().mac = "02:74:0a:d1:00:03".into(),
+            |r: &mut InstanceRecord| r.network.as_mut().unwrap().prefix = 33,
+            |r: &mut InstanceRecord| r.id = "../../etc".into(),
+            |r: &mut InstanceRecord| r.name = "A B".into(),
+        ] {
+            let mut rec = sample();
+            edit(&mut rec);
+            let bytes = serde_json::to_vec(&rec).unwrap();
+
+            let err = InstanceRecord::decode(&bytes, "x").unwrap_err();
+
+            assert!(matches!(err, RecordError::Invalid { .. }), "{err:?}");
+        }
     }
 
     #[test]

@@ -114,6 +114,41 @@ pub struct SnapshotRequest {
     pub compress: Option<i32>,
 }
 
+impl SnapshotRequest {
+    /// Name and compression level: what can be checked before anything is made.
+    pub fn validate(&self) -> Result<(), ManagerError> {
+        names::validate_name(&self.name).map_err(ManagerError::InvalidArgument)?;
+        if let Some(level) = self.compress {
+            if !(1..=19).contains(&level) {
+                return Err(ManagerError::InvalidArgument(format!(
+                    "zstd level {level} is out of range (1..=19)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SnapshotRecord {
+    /// Parse `snapshot.json` (what `save` wrote): schema first, then the
+    /// record, then the id and name it is stored and looked up by.
+    pub fn decode(bytes: &[u8]) -> Result<SnapshotRecord, String> {
+        let v: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("malformed: {e}"))?;
+        match v.get("schema").and_then(|s| s.as_u64()) {
+            Some(s) if s == u64::from(SNAPSHOT_SCHEMA) => {}
+            other => return Err(format!("unsupported schema {other:?}")),
+        }
+        let rec: SnapshotRecord =
+            serde_json::from_value(v).map_err(|e| format!("malformed: {e}"))?;
+        if !names::looks_like_id(&rec.id) {
+            return Err("malformed: id is not 12 hex digits".into());
+        }
+        names::validate_name(&rec.name).map_err(|e| format!("malformed: {e}"))?;
+        Ok(rec)
+    }
+}
+
 pub(crate) struct SnapSlot {
     pub(crate) id: String,
     pub(crate) dir: PathBuf,
@@ -167,7 +202,8 @@ impl SnapSlot {
             snapshot = self.record().name,
             "decompressing memory file for use"
         );
-        tokio::task::spawn_blocking(move || compress::decompress(&zst, &raw))
+        let expected = u64::from(self.record().memory_mib) << 20;
+        tokio::task::spawn_blocking(move || compress::decompress(&zst, &raw, expected))
             .await
             .map_err(|e| ManagerError::Failed(format!("decompress task: {e}")))?
             .map_err(|e| ManagerError::Failed(chain(&e)))
@@ -192,16 +228,8 @@ pub(crate) fn load(dir: &Path) -> Result<SnapshotRecord, ManagerError> {
     }
     let bytes = std::fs::read(&path)
         .map_err(|e| ManagerError::io(format!("read {}", path.display()), e))?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| ManagerError::Failed(format!("{} is malformed: {e}", path.display())))?;
-    if v.get("schema").and_then(|s| s.as_u64()) != Some(SNAPSHOT_SCHEMA as u64) {
-        return Err(ManagerError::Failed(format!(
-            "{} has an unsupported schema",
-            path.display()
-        )));
-    }
-    serde_json::from_value(v)
-        .map_err(|e| ManagerError::Failed(format!("{} is malformed: {e}", path.display())))
+    SnapshotRecord::decode(&bytes)
+        .map_err(|e| ManagerError::Failed(format!("{}: {e}", path.display())))
 }
 
 fn disk_bytes(dir: &Path) -> u64 {
@@ -302,14 +330,7 @@ impl Manager {
         req: SnapshotRequest,
         template: bool,
     ) -> Result<SnapshotInfo, ManagerError> {
-        names::validate_name(&req.name).map_err(ManagerError::InvalidArgument)?;
-        if let Some(level) = req.compress {
-            if !(1..=19).contains(&level) {
-                return Err(ManagerError::InvalidArgument(format!(
-                    "zstd level {level} is out of range (1..=19)"
-                )));
-            }
-        }
+        req.validate()?;
         if self.snap(&req.name, template).is_ok() {
             return Err(ManagerError::AlreadyExists(req.name));
         }
@@ -563,7 +584,7 @@ pub(crate) fn load_store(dir: &Path) -> Result<HashMap<String, Arc<SnapSlot>>, M
                 continue;
             }
         };
-        let _ = std::fs::remove_file(path.join("memory.zst.tmp"));
+        crate::recover::sweep_temp(&path);
         if rec.compression.state == CompressState::Compressing {
             rec.compression.state = if path.join(MEMORY_ZST).exists() {
                 let _ = std::fs::remove_file(path.join(MEMORY_FILE));

@@ -84,7 +84,7 @@ impl Manager {
         self.hv
             .stop(&slot.dir, &proc, Duration::from_secs(10))
             .await?;
-        slot.agent.reset().await;
+        slot.agent.reset();
         crate::failpoint::hit("standby-stopped", &rec.name)?;
         finish_standby(slot)?;
         info!(
@@ -126,6 +126,7 @@ impl Manager {
         self: &Arc<Self>,
         slot: &Arc<Slot>,
     ) -> Result<(), ManagerError> {
+        let _files = slot.own_files().await;
         let rec = slot.record();
         // Warm forks of this parked state would outlive it: drop them.
         self.pool_invalidate(crate::ForkFrom::Instance, &rec.name)
@@ -154,6 +155,7 @@ impl Manager {
             if slot.record().process.is_some() {
                 // The guest ran: its memory file moved on, the parked state is gone.
                 self.fail(slot, &e).await;
+                let _ = std::fs::remove_file(&state_file);
                 return Err(e);
             }
             // Nothing ran: the parked files are intact, stay in Standby.

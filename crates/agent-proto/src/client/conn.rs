@@ -6,6 +6,7 @@ use std::hash::BuildHasher;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -14,18 +15,23 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::AgentError;
-use crate::frame::{encode, LineSplitter};
+use crate::frame::{encode, ReplyDecoder};
 use crate::msg::{Op, Reply, Request, Response};
 use crate::MAX_LINE;
 
-/// Replies buffered per request before the reader task waits for the caller (backpressure).
-const REPLY_QUEUE: usize = 64;
+/// Replies buffered per request before the reader task waits for the caller
+/// (backpressure). Each is at most one line, so this bounds what a guest can
+/// make the host hold per request: 16 × [`MAX_LINE`].
+const REPLY_QUEUE: usize = 16;
 
 /// Why the reader task stopped; every later call reports it.
 #[derive(Debug, Clone)]
 enum Closed {
     Eof,
     TooLarge,
+    /// A request could not be written in time: the guest stopped reading, and
+    /// the half-written line would corrupt every later one.
+    Stalled,
     Io(Arc<io::Error>),
 }
 
@@ -34,6 +40,7 @@ impl Closed {
         match self {
             Closed::Eof => AgentError::Disconnected,
             Closed::TooLarge => AgentError::FrameTooLarge,
+            Closed::Stalled => AgentError::Stalled,
             Closed::Io(e) => AgentError::Io(e.clone()),
         }
     }
@@ -93,8 +100,10 @@ impl Conn {
         })
     }
 
-    /// Register a fresh id, then send the request.
-    pub async fn send(&self, op: Op) -> Result<Pending, AgentError> {
+    /// Register a fresh id, then send the request. A guest that does not read
+    /// cannot hold the caller past `limit`: the write is abandoned and the
+    /// connection closed.
+    pub async fn send(&self, op: Op, limit: Duration) -> Result<Pending, AgentError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let line = encode(&Request { id, op });
         if line.len() > MAX_LINE {
@@ -113,9 +122,42 @@ impl Conn {
             rx,
             routes: self.routes.clone(),
         };
-        self.writer.lock().await.write_all(&line).await?;
-        Ok(pending)
+        let write = async {
+            let mut writer = self.writer.lock().await;
+            // Armed from the first byte: a caller that gives up mid-line
+            // (timeout or cancellation) leaves the stream unusable.
+            let guard = CloseOnDrop(&self.routes);
+            let result = writer.write_all(&line).await;
+            std::mem::forget(guard);
+            result
+        };
+        match tokio::time::timeout(limit, write).await {
+            Ok(Ok(())) => Ok(pending),
+            Ok(Err(e)) => {
+                let e = Arc::new(e);
+                close(&self.routes, Closed::Io(e.clone()));
+                Err(AgentError::Io(e))
+            }
+            Err(_) => Err(AgentError::Timeout(limit)),
+        }
     }
+}
+
+/// Closes the connection as [`Closed::Stalled`] unless forgotten.
+struct CloseOnDrop<'a>(&'a Mutex<Routes>);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        close(self.0, Closed::Stalled);
+    }
+}
+
+/// Fail every waiting request and every later call with `why` (the first
+/// reason wins).
+fn close(routes: &Mutex<Routes>, why: Closed) {
+    let mut routes = lock(routes);
+    routes.closed.get_or_insert(why);
+    routes.waiting.clear();
 }
 
 impl Drop for Conn {
@@ -125,8 +167,9 @@ impl Drop for Conn {
 }
 
 async fn read_loop(mut read: OwnedReadHalf, routes: Arc<Mutex<Routes>>) {
-    let mut splitter = LineSplitter::new(MAX_LINE);
+    let mut decoder = ReplyDecoder::new(MAX_LINE);
     let mut buf = vec![0u8; 64 * 1024];
+    let mut replies = Vec::new();
     let closed = loop {
         let n = match read.read(&mut buf).await {
             Ok(0) => break Closed::Eof,
@@ -134,23 +177,14 @@ async fn read_loop(mut read: OwnedReadHalf, routes: Arc<Mutex<Routes>>) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => break Closed::Io(Arc::new(e)),
         };
-        let mut lines = Vec::new();
-        let mut too_large = false;
-        splitter.push(&buf[..n], |line| match line {
-            // Unparsable lines are tails of frames cut off by an earlier disconnect.
-            Ok(line) => lines.extend(serde_json::from_slice::<Response>(line).ok()),
-            Err(_) => too_large = true,
-        });
-        if too_large {
+        if decoder.push(&buf[..n], &mut replies).is_err() {
             break Closed::TooLarge;
         }
-        for resp in lines {
+        for resp in replies.drain(..) {
             route(&routes, resp).await;
         }
     };
-    let mut routes = lock(&routes);
-    routes.closed = Some(closed);
-    routes.waiting.clear();
+    close(&routes, closed);
 }
 
 /// Deliver to the waiting request, if any; frames with unknown ids are dropped.

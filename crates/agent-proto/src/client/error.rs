@@ -20,6 +20,8 @@ pub enum AgentError {
     Disconnected,
     #[error("agent sent a line over {} bytes", crate::MAX_LINE)]
     FrameTooLarge,
+    #[error("agent stopped reading requests; connection closed")]
+    Stalled,
     #[error("unexpected reply from agent: {0}")]
     Protocol(String),
     #[error("agent refused ({code:?}): {message}")]

@@ -183,7 +183,7 @@ impl AgentClient {
             let limit = Duration::from_millis(ms) + EXEC_TIMEOUT_GRACE;
             (Instant::now() + limit, limit)
         });
-        let pending = self.conn.send(Op::Exec(req)).await?;
+        let pending = self.conn.send(Op::Exec(req), self.op_timeout).await?;
         Ok(ExecStream {
             pending,
             deadline,
@@ -280,23 +280,53 @@ impl AgentClient {
         }
     }
 
-    /// Send `op` and wait for its single reply; `error` replies become [`AgentError::Remote`].
+    /// Send `op` and wait for its single reply, all within `limit`; `error`
+    /// replies become [`AgentError::Remote`].
     async fn call(&self, op: Op, limit: Duration) -> Result<Reply, AgentError> {
-        let mut pending = self.conn.send(op).await?;
-        match tokio::time::timeout(limit, pending.recv()).await {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut pending = self.conn.send(op, limit).await?;
+        match tokio::time::timeout_at(deadline, pending.recv()).await {
             Err(_) => Err(AgentError::Timeout(limit)),
             Ok(Err(e)) => Err(e),
-            Ok(Ok(Reply::Error { code, message })) => Err(AgentError::Remote { code, message }),
+            Ok(Ok(reply @ Reply::Error { .. })) => Err(unexpected(reply)),
             Ok(Ok(reply)) => Ok(reply),
         }
     }
 }
 
+/// Longest text from the guest kept in an error: errors end up in logs, API
+/// answers and instance records, which must stay small.
+pub const MAX_GUEST_TEXT: usize = 1024;
+
 fn unexpected(reply: Reply) -> AgentError {
-    match reply {
-        Reply::Error { code, message } => AgentError::Remote { code, message },
-        other => AgentError::Protocol(format!("{other:?}").chars().take(200).collect()),
+    let kind = match reply {
+        Reply::Error { code, message } => {
+            return AgentError::Remote {
+                code,
+                message: clip(message),
+            }
+        }
+        Reply::Pong(_) => "pong",
+        Reply::Ok => "ok",
+        Reply::Stdout { .. } => "stdout",
+        Reply::Stderr { .. } => "stderr",
+        Reply::Exit(_) => "exit",
+        Reply::File { .. } => "file",
+    };
+    AgentError::Protocol(format!("a {kind} frame"))
+}
+
+/// `text` cut to at most [`MAX_GUEST_TEXT`] bytes, on a character boundary.
+fn clip(mut text: String) -> String {
+    if text.len() > MAX_GUEST_TEXT {
+        let mut end = MAX_GUEST_TEXT - '…'.len_utf8();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
     }
+    text
 }
 
 #[cfg(test)]
@@ -361,6 +391,7 @@ mod tests {
         let id = peer.request().await.id;
 
         peer.send(b"tail of an old frame\"}\n").await;
+        peer.send(b"\xff\xfe\x00{\"id\":\n").await;
         peer.send(&frame(Some(id + 1000), Reply::Ok)).await;
         peer.send(&frame(
             None,
@@ -492,6 +523,91 @@ mod tests {
         peer.request().await;
 
         assert!(matches!(call.await.unwrap(), Err(AgentError::Timeout(_))));
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_stops_reading_cannot_hold_a_call() {
+        let (client, _peer, _dir) = pair().await;
+        let client = client.with_op_timeout(Duration::from_millis(200));
+        let big = vec![7u8; crate::MAX_PAYLOAD];
+
+        // The socket buffer takes a few lines; then a write blocks.
+        let mut first_err = None;
+        for _ in 0..256 {
+            if let Err(e) = client.write_file("/x", &big, None).await {
+                first_err = Some(e);
+                break;
+            }
+        }
+        let later = client.ping().await.unwrap_err();
+
+        assert!(
+            matches!(first_err, Some(AgentError::Timeout(_))),
+            "{first_err:?}"
+        );
+        assert!(matches!(later, AgentError::Stalled), "{later:?}");
+    }
+
+    #[tokio::test]
+    async fn a_huge_error_message_from_the_guest_is_clipped() {
+        let (client, mut peer, _dir) = pair().await;
+        let call = tokio::spawn(async move { client.sync().await });
+        let id = peer.request().await.id;
+
+        peer.send(&frame(
+            Some(id),
+            Reply::Error {
+                code: ErrorCode::Io,
+                message: "é".repeat(300_000),
+            },
+        ))
+        .await;
+
+        let err = call.await.unwrap().unwrap_err();
+        let AgentError::Remote { message, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert!(message.len() <= MAX_GUEST_TEXT, "{}", message.len());
+        assert!(message.ends_with('…'));
+    }
+
+    #[tokio::test]
+    async fn a_file_reply_to_a_ping_names_the_frame_not_its_bytes() {
+        let (client, mut peer, _dir) = pair().await;
+        let call = tokio::spawn(async move { client.ping().await });
+        let id = peer.request().await.id;
+
+        peer.send(&frame(
+            Some(id),
+            Reply::File {
+                data: vec![0; 100_000],
+            },
+        ))
+        .await;
+
+        let err = call.await.unwrap().unwrap_err();
+        assert!(
+            matches!(&err, AgentError::Protocol(m) if m == "a file frame"),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_largest_exec_timeout_an_api_client_can_ask_for_is_accepted() {
+        let (client, mut peer, _dir) = pair().await;
+        let mut req = ExecRequest::new(["true"]);
+        req.timeout_ms = Some(u64::MAX);
+        let call = tokio::spawn(async move { client.exec(req).await });
+        let id = peer.request().await.id;
+
+        let status = ExitStatus {
+            code: Some(0),
+            signal: None,
+            timed_out: false,
+        };
+        peer.send(&frame(Some(id), Reply::Exit(status))).await;
+
+        assert_eq!(call.await.unwrap().unwrap().status, status);
     }
 
     #[tokio::test]

@@ -222,13 +222,17 @@ impl Daemon {
     }
 
     pub fn tine(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_tine"))
-            .arg("--data-dir")
+        self.command(args).output().unwrap()
+    }
+
+    /// The `tine ARGS` command against this daemon, not yet run.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tine"));
+        c.arg("--data-dir")
             .arg(&self.data_dir)
             .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+            .stdin(Stdio::null());
+        c
     }
 
     /// Run a CLI command that must succeed; returns stdout.
@@ -288,27 +292,15 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-
-    fn instance_pids(&self) -> Vec<i32> {
-        let Ok(entries) = std::fs::read_dir(self.data_dir.join("instances")) else {
-            return vec![];
-        };
-        entries
-            .flatten()
-            .filter_map(|e| std::fs::read_to_string(e.path().join("qemu.pid")).ok())
-            .filter_map(|s| s.trim().parse().ok())
-            .collect()
-    }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop_daemon();
-        // Leave no VM behind, whatever the test did.
-        for pid in self.instance_pids() {
-            if is_qemu(pid) {
-                kill9(pid);
-            }
+        // Leave no VM behind, whatever the test did. Found by command
+        // line: a stale pid file may name a reused pid (another test's VM).
+        for pid in qemu_pids(&self.data_dir) {
+            kill9(pid);
         }
     }
 }
@@ -339,7 +331,8 @@ pub fn kill9(pid: i32) {
 pub fn start_counter(d: &Daemon, name: &str) -> String {
     d.sh(
         name,
-        "setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /run/counter; sleep 0.05; done' \
+        // Written with a rename, so a reader never sees the file truncated.
+        "setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /run/counter.t; mv /run/counter.t /run/counter; sleep 0.05; done' \
          </dev/null >/dev/null 2>&1 & echo $! > /run/counter.pid; sleep 0.3; cat /run/counter.pid",
     )
     .trim()
@@ -392,16 +385,22 @@ pub fn instance_dirs(d: &Daemon) -> usize {
 
 /// QEMU processes whose command line mentions this daemon's data dir.
 pub fn qemu_processes(d: &Daemon) -> usize {
-    let needle = d.data_dir.display().to_string();
+    qemu_pids(&d.data_dir).len()
+}
+
+/// Live QEMU processes whose command line names a path under `data_dir`.
+fn qemu_pids(data_dir: &Path) -> Vec<i32> {
+    let needle = format!("{}/", data_dir.display());
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .filter(|c| {
-            String::from_utf8_lossy(c).contains(&needle)
-                && String::from_utf8_lossy(c).contains("qemu")
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| is_qemu(*pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
         })
-        .count()
+        .collect()
 }
 
 pub fn assert_failpoints() {
@@ -409,4 +408,28 @@ pub fn assert_failpoints() {
         tine_manager::failpoint::enabled(),
         "this test needs the failpoints feature: run scripts/test.sh (cargo ... --features tine-cli/failpoints)"
     );
+}
+
+/// A fork outcome's phases are all there, non-negative, add up to its
+/// `ready_ms`, and say whether a warm pool entry made it.
+pub fn assert_phases_add_up(fork: &Value, pooled: bool) {
+    let p = &fork["phases"];
+    let parts = ["waited_ms", "files_ms", "vm_ms", "agent_ms", "identity_ms"];
+    let mut sum = 0.0;
+    for k in parts {
+        let v = p[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {k} in {fork:#}"));
+        assert!(v >= 0.0, "{k} < 0 in {fork:#}");
+        sum += v;
+    }
+    let ready = fork["ready_ms"].as_f64().unwrap();
+    assert!(
+        (sum - ready).abs() < 0.01,
+        "phases add up to {sum}, ready is {ready}: {fork:#}"
+    );
+    assert_eq!(p["pooled"], pooled, "{fork:#}");
+    if pooled {
+        assert_eq!(p["files_ms"], 0.0, "a warm entry's files were made ahead");
+    }
 }

@@ -91,7 +91,7 @@ impl Qemu {
         let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
         let out = log.try_clone().map_err(|e| HvError::io(&log_path, e))?;
         let mut cmd = tokio::process::Command::new(&binary);
-        confine::umask(&mut cmd);
+        confine::restrict(&mut cmd, spec.network.is_some());
         let mut child = cmd
             .args(&args)
             .stdin(Stdio::null())
@@ -359,6 +359,12 @@ impl Hypervisor for Qemu {
     ) -> Result<SaveReport, HvError> {
         let mut q = Self::qmp(run_dir).await?;
         let t0 = Instant::now();
+        let status = q.execute("query-status", None).await?;
+        if status.get("status").and_then(|s| s.as_str()) == Some("postmigrate") {
+            // A paused VM saved before: QEMU refuses to migrate it again
+            // until its vCPUs have run, so let them run for an instant.
+            q.execute("cont", None).await?;
+        }
         q.execute("stop", None).await?;
         let pause_ms = t0.elapsed().as_secs_f64() * 1e3;
         set_ignore_shared(&mut q, ram == RamSave::InMemoryFile).await?;
@@ -374,6 +380,29 @@ impl Hypervisor for Qemu {
             pause_ms,
             save_ms,
         })
+    }
+
+    fn find_process(&self, run_dir: &Path) -> Option<VmProcess> {
+        let text = std::fs::read_to_string(run_dir.join(PID_FILE)).ok()?;
+        let proc = VmProcess::of_pid(text.trim().parse().ok()?).ok()?;
+        // A reused pid is some other process: it must name this directory.
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", proc.pid)).ok()?;
+        let pid_file = run_dir.join(PID_FILE);
+        let named = cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == pid_file.as_os_str().as_encoded_bytes());
+        named.then_some(proc)
+    }
+
+    async fn vcpus_running(&self, run_dir: &Path) -> Result<bool, HvError> {
+        let status = Self::qmp(run_dir)
+            .await?
+            .execute("query-status", None)
+            .await?;
+        Ok(status
+            .get("running")
+            .and_then(|r| r.as_bool())
+            .unwrap_or(false))
     }
 
     async fn stop(&self, run_dir: &Path, proc: &VmProcess, grace: Duration) -> Result<(), HvError> {

@@ -17,16 +17,28 @@ use crate::HvError;
 
 /// QEMU is outside our trust boundary (a guest may own it): bound lines.
 const MAX_LINE: usize = 4 << 20;
-const GREETING_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest the greeting or one command may take to answer. tine's commands
+/// are all quick (a migration runs in the background and is polled), so a
+/// QEMU that does not answer is hung or hostile: fail rather than hold the
+/// instance's op lock forever.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Qmp {
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
+    limit: Duration,
 }
 
 impl Qmp {
     /// Connect, read the greeting and enter command mode.
     pub async fn connect(socket: &Path) -> Result<Qmp, HvError> {
+        Qmp::connect_within(socket, COMMAND_TIMEOUT).await
+    }
+
+    /// Like [`Qmp::connect`]; the greeting and every command must answer
+    /// within `limit`.
+    pub async fn connect_within(socket: &Path, limit: Duration) -> Result<Qmp, HvError> {
         let stream = UnixStream::connect(socket)
             .await
             .map_err(|e| HvError::io(socket, e))?;
@@ -34,11 +46,12 @@ impl Qmp {
         let mut qmp = Qmp {
             reader: BufReader::new(r),
             writer: w,
+            limit,
         };
         // A monitor busy with another client accepts but never greets.
-        let greeting = tokio::time::timeout(GREETING_TIMEOUT, qmp.read_message())
+        let greeting = tokio::time::timeout(limit, qmp.read_message())
             .await
-            .map_err(|_| HvError::Timeout(GREETING_TIMEOUT, "the QMP greeting"))??;
+            .map_err(|_| HvError::Timeout(limit, "the QMP greeting"))??;
         if greeting.get("QMP").is_none() {
             return Err(HvError::QmpProtocol(format!(
                 "unexpected greeting: {greeting}"
@@ -50,6 +63,17 @@ impl Qmp {
 
     /// Run one command and return its `return` value. Events are skipped.
     pub async fn execute(&mut self, command: &str, args: Option<Value>) -> Result<Value, HvError> {
+        let limit = self.limit;
+        tokio::time::timeout(limit, self.execute_unbounded(command, args))
+            .await
+            .map_err(|_| HvError::Timeout(limit, "QMP command"))?
+    }
+
+    async fn execute_unbounded(
+        &mut self,
+        command: &str,
+        args: Option<Value>,
+    ) -> Result<Value, HvError> {
         let mut msg = json!({ "execute": command });
         if let Some(a) = args {
             msg["arguments"] = a;
@@ -104,5 +128,36 @@ impl Qmp {
                     .map_err(|e| HvError::QmpProtocol(format!("bad json: {e}")));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::UnixListener;
+
+    #[tokio::test]
+    async fn a_qemu_that_stops_answering_fails_the_command_instead_of_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let peer = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let (r, mut w) = s.into_split();
+            let mut lines = BufReader::new(r).lines();
+            w.write_all(b"{\"QMP\":{}}\n").await.unwrap();
+            lines.next_line().await.unwrap(); // qmp_capabilities
+            w.write_all(b"{\"return\":{}}\n").await.unwrap();
+            lines.next_line().await.unwrap(); // then silence
+            (lines, w)
+        });
+
+        let mut q = Qmp::connect_within(&path, Duration::from_millis(200))
+            .await
+            .unwrap();
+        let err = q.execute("stop", None).await.unwrap_err();
+
+        assert!(matches!(err, HvError::Timeout(_, _)), "{err:?}");
+        drop(peer.await.unwrap());
     }
 }

@@ -43,7 +43,7 @@ pub use subnet::Subnet;
 
 use host::Host;
 use pool::{Pool, Taken};
-use settings::Settings;
+pub use settings::Settings;
 
 /// How the daemon does networking (`tine serve` flags).
 #[derive(Debug, Clone)]
@@ -100,6 +100,16 @@ pub struct Lease {
     pub mac: String,
     /// Host TAP device.
     pub tap: String,
+}
+
+impl Lease {
+    /// Is this the lease tine gives instance `id` at this address (TAP name,
+    /// MAC and prefix derived as `lease` derives them)?
+    pub fn belongs_to(&self, id: &str) -> bool {
+        self.tap == host::tap_name(id)
+            && self.mac == subnet::mac_for(self.ip)
+            && (subnet::MIN_PREFIX..=subnet::MAX_PREFIX).contains(&self.prefix)
+    }
 }
 
 /// What `tine system cleanup` did.

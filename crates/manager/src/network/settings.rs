@@ -71,22 +71,22 @@ impl Settings {
                 })
             }
         };
-        let s: Settings = serde_json::from_slice(&bytes).map_err(|e| NetworkError::Io {
+        let s = Settings::decode(&bytes).map_err(|e| NetworkError::Io {
             what: "malformed",
-            path: path.clone(),
+            path,
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
         })?;
-        if s.schema != SCHEMA {
-            return Err(NetworkError::Io {
-                what: "unknown schema in",
-                path,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("schema {}", s.schema),
-                ),
-            });
-        }
         Ok(Some(s))
+    }
+
+    /// Parse `network.json` (what `save` wrote): schema, subnet and bridge name.
+    pub fn decode(bytes: &[u8]) -> Result<Settings, String> {
+        let s: Settings = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if s.schema != SCHEMA {
+            return Err(format!("unknown schema {}", s.schema));
+        }
+        validate_bridge(&s.bridge).map_err(|e| e.to_string())?;
+        Ok(s)
     }
 
     pub fn save(&self, data_dir: &Path) -> Result<(), NetworkError> {

@@ -1,0 +1,475 @@
+//! The fault matrix: kill -9 of the daemon and of QEMU at chosen points of
+//! run, standby, restore, snapshot and fork (test-only failpoints, see
+//! `manager/src/failpoint.rs`; more in failures.rs).
+//!
+//! | operation | point (where) | kill -9 of | outcome checked |
+//! |---|---|---|---|
+//! | run | `vm-started` (QEMU up, unrecorded) | daemon | no instance, no VM |
+//! | run | `boot-ready` (guest ready, uncommitted) | daemon | no instance, no VM |
+//! | standby | `standby-saved` (state saved, QEMU alive) | QEMU | standby completes; restore continues the guest |
+//! | restore | `vm-started` (state loaded, resumed, unrecorded) | daemon | VM adopted as running, guest continues |
+//! | restore | `boot-ready` | daemon | running, guest continues |
+//! | restore | `vm-started` | QEMU | restore fails; error with a reason; start boots, disk intact |
+//! | snapshot | `capture-paused` (source paused, state saved) | daemon | source resumed, no snapshot |
+//! | snapshot | `capture-paused` | QEMU | snapshot fails, none made; source error; start boots |
+//! | fork (standby source) | `vm-started` of the fork | QEMU | fork fails, none left; source files untouched |
+//! | fork (standby source) | `fork-name` (files not yet copied) | — (a restore of the source meanwhile) | the restore waits; fork and source both intact |
+//! | fork (running source) | `capture-paused` | daemon | source resumed, no fork, no staging |
+//! | fork (running source) | `capture-paused` | source's QEMU | fork fails, none made; source error |
+//! | fork (running source) | `vm-started` of the fork | daemon | fork and its VM gone, source runs on |
+//!
+//! Every test ends with [`assert_consistent`]: each reported state agrees
+//! with its process (running/paused ⇔ a live QEMU; error has a reason), and
+//! no VM, instance directory, temp file, state file or staging directory
+//! belongs to nothing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use common::{
+    assert_failpoints, counter, dir_of, inode, is_qemu, kill9, names, pid_alive, qemu_processes,
+    sha256, Daemon,
+};
+
+/// Generous bound for waits that only end early when something hangs.
+const HANG: Duration = Duration::from_secs(300);
+
+/// Restart the daemon with `TINE_FAILPOINTS=spec`; pause markers go to the data dir.
+fn arm(d: &mut Daemon, spec: &str) {
+    let dir = d.data_dir.display().to_string();
+    d.restart_with_env(&[("TINE_FAILPOINTS", spec), ("TINE_FAILPOINT_DIR", &dir)]);
+}
+
+/// Start `tine ARGS` in the background (it will stop at a failpoint).
+fn background(d: &Daemon, args: &[&str]) -> Child {
+    d.command(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait until the daemon pauses at `point` during `cmd`.
+fn wait_paused(d: &Daemon, point: &str, cmd: &mut Child) {
+    let marker = d.data_dir.join(format!("{point}.paused"));
+    let deadline = Instant::now() + HANG;
+    while !marker.exists() {
+        assert!(
+            cmd.try_wait().unwrap().is_none(),
+            "the command ended before {point}:\n{}",
+            d.log()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "never paused at {point}:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn release(d: &Daemon, point: &str) {
+    std::fs::remove_file(d.data_dir.join(format!("{point}.paused"))).unwrap();
+}
+
+/// The command's exit status and stderr.
+fn finish(cmd: Child) -> (bool, String) {
+    let out = cmd.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// kill -9 the QEMU of `name` (recorded or not: its pid file) and wait until it is gone.
+fn kill_vm(d: &Daemon, name: &str) {
+    let pid_file = dir_of(d, name).join("qemu.pid");
+    let pid: i32 = std::fs::read_to_string(pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(is_qemu(pid), "{name}'s pid file names no QEMU");
+    kill9(pid);
+    let deadline = Instant::now() + HANG;
+    while pid_alive(pid) {
+        assert!(Instant::now() < deadline, "QEMU {pid} survived kill -9");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The guest's counter process moves on.
+fn assert_counts_on(d: &Daemon, name: &str) {
+    let before = counter(d, name);
+    let deadline = Instant::now() + HANG;
+    while counter(d, name) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "{name}'s counter stopped at {before}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|it| it.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+fn is_temp(p: &Path) -> bool {
+    p.file_name().unwrap().to_string_lossy().ends_with(".tmp")
+}
+
+/// Reported states agree with processes and files; nothing is orphaned.
+fn assert_consistent(d: &Daemon) {
+    let list = d.json(&["ps"]);
+    let list = list.as_array().unwrap();
+    let mut live = 0;
+    for i in list {
+        let (name, state) = (i["name"].as_str().unwrap(), i["state"].as_str().unwrap());
+        let dir = PathBuf::from(i["dir"].as_str().unwrap());
+        match state {
+            "running" | "paused" => {
+                let pid = i["pid"]
+                    .as_i64()
+                    .unwrap_or_else(|| panic!("{name} is {state} without a process"));
+                assert!(
+                    is_qemu(pid as i32),
+                    "{name} is {state} but its QEMU {pid} is gone"
+                );
+                live += 1;
+            }
+            "standby" | "stopped" | "error" => {
+                assert!(i["pid"].is_null(), "{name} is {state} with a process")
+            }
+            other => panic!("{name} is {other} after the fault"),
+        }
+        if state == "error" {
+            assert!(
+                i["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{name} is in error without a reason"
+            );
+        }
+        assert_eq!(
+            dir.join("vmstate").exists(),
+            state == "standby",
+            "{name} ({state}) and its device state file"
+        );
+        let temps: Vec<_> = entries(&dir).into_iter().filter(|p| is_temp(p)).collect();
+        assert!(temps.is_empty(), "temp files left in {name}: {temps:?}");
+    }
+    assert_eq!(
+        qemu_processes(d),
+        live,
+        "QEMU processes vs running/paused instances"
+    );
+    assert_eq!(
+        entries(&d.data_dir.join("instances")).len(),
+        list.len(),
+        "instance directories vs instances"
+    );
+    assert_eq!(
+        entries(&d.data_dir.join("staging")),
+        Vec::<PathBuf>::new(),
+        "staging left"
+    );
+    let snap_temps: Vec<_> = entries(&d.data_dir.join("snapshots"))
+        .into_iter()
+        .filter(|p| is_temp(p))
+        .collect();
+    assert!(
+        snap_temps.is_empty(),
+        "half-made snapshots left: {snap_temps:?}"
+    );
+}
+
+/// A running VM named `name` with a counter process and a synced file.
+fn running_vm(d: &Daemon, name: &str) -> String {
+    d.ok(&["run", "--name", name]);
+    d.sh(name, "echo kept > /root/before && sync");
+    common::start_counter(d, name)
+}
+
+#[test]
+fn run_daemon_killed_after_qemu_started_leaves_no_instance_and_no_vm() {
+    assert_failpoints();
+    let mut d = Daemon::start();
+    arm(&mut d, "vm-started=crash:r1");
+
+    let _ = d.tine(&["run", "--name", "r1"]);
+    d.wait_daemon_exit();
+    d.restart_with_env(&[]);
+
+    assert!(names(&d).is_empty());
+    assert_consistent(&d);
+    d.ok(&["run", "--name", "r1"]);
+    assert_eq!(d.sh("r1", "echo ok"), "ok\n");
+}
+
+#[test]
+fn run_daemon_killed_before_ready_leaves_no_instance_and_no_vm() {
+    assert_failpoints();
+    let mut d = Daemon::start();
+    arm(&mut d, "boot-ready=crash:r2");
+
+    let _ = d.tine(&["run", "--name", "r2"]);
+    d.wait_daemon_exit();
+    d.restart_with_env(&[]);
+
+    assert!(names(&d).is_empty());
+    assert_consistent(&d);
+}
+
+#[test]
+fn standby_with_qemu_killed_after_the_save_completes_and_the_guest_continues() {
+    assert_failpoints();
+    let mut d = Daemon::start();
+    let pid = running_vm(&d, "v");
+    arm(&mut d, "standby-saved=pause:v");
+
+    let mut cmd = background(&d, &["standby", "v"]);
+    wait_paused(&d, "standby-saved", &mut cmd);
+    kill_vm(&d, "v");
+    release(&d, "standby-saved");
+    let (ok, err) = finish(cmd);
+
+    assert!(ok, "{err}");
+    assert_eq!(d.state("v"), "standby");
+    assert_consistent(&d);
+    d.restart_with_env(&[]);
+    d.ok(&["restore", "v"]);
+    assert_counts_on(&d, "v");
+    assert_eq!(d.sh("v", "cat /run/counter.pid").trim(), pid);
+    assert_eq!(d.sh("v", "cat /root/before"), "kept\n");
+}
+
+#[test]
+fn restore_daemon_killed_after_the_guest_resumed_adopts_the_running_vm() {
+    assert_failpoints();
+    let mut d = Daemon::start();
+    let pid = running_vm(&d, "v");
+    d.ok(&["standby", "v"]);
+    arm(&mut d, "vm-started=crash:v");
+
+    let _ = d.tine(&["restore", "v"]);
+    d.wait_daemon_exit();
+    d.restart_with_env(&[]);
+
+    assert_eq!(d.state("v"), "running");
+    assert_consistent(&d);
+    assert_counts_on(&d, "v");
+    assert_eq!(d.sh("v", "cat /run/counter.pid").trim(), pid);
+    d.ok(&["standby", "v"]);
+    d.ok(&["restore", "v"]);
+    assert_counts_on(&d, "v");
+}
+
+#[test]
+fn restore_daemon_killed_before_ready_keeps_the_vm_running() {
+    assert_failpoints();
+    let mut d = Daemon::start();
+    let pid = running_vm(&d, "v");
+    d.ok(&["standby", "v"]);
+    arm(&mut d, "boot-ready=crash:v");
+
+    let _ = d.tine(&["restore", "v"]);
+    d.wait_daemon_exit();
+    d.restart_with_env(&[]);
+
+    assert_eq!(d.state("v"), "running");
+    assert_consistent(&d);
+    assert_counts_on(&d, "v");
+    assert_eq!(d.sh("v", "cat /run/counter.pid").trim(), pid);
+}
+
+#[test]
+fn restore_with_qemu_killed_after_the_load_fails_into_error_and_start_boots_again() {
+    assert_failpoints();
+    let mut d = Daemon::start();
+    running_vm(&d, "v");
+    d.ok(&["standby", "v"]);
+    arm(&mut d, "vm-started=pause:v");
+
+    let mut cmd = background(&d, &["restore", "v"]);
+    wait_paused(&d, "vm-started", &mut cmd);
+    kill_vm(&d, "v");
+    release(&d, "vm-started");
+    let (ok, err) = finish(cmd);
+
+    assert!(!ok);
+    assert!(err.contains("exited"), "{err}");
+    assert_eq!(d.state("v"), "error");
+    assert_consistent(&d);
+    d.restart_with_env(&[]);
+    d.ok(&["start", "v"]);
+    assert_eq!(d.sh("v", "cat /root/before"), "kept\n");
+    assert_consistent(&d);
+}
+
+#[test]
+fn snapshot_daemon_killed_while_the_source_is_paused_resumes_it() {
+    assert_failpoints();
+    let mut d = Daemon::start();
+    let pid = running_vm(&d, "src");
+    arm(&mut d, "capture-paused=crash:src");
+
+    let _ = d.tine(&["snapshot", "create", "src", "--name", "snap"]);
+    d.wait_daemon_exit();
+    d.restart_with_env(&[]);
+
+    assert_eq!(d.json(&["snapshot", "ls"]).as_array().unwrap().len(), 0);
+    assert_eq!(entries(&d.data_dir.join("snapshots")).len(), 0);
+    assert_eq!(d.state("src"), "running");
+    assert_consistent(&d);
+    assert_counts_on(&d, "src");
+    assert_eq!(d.sh("src", "cat /run/counter.pid").trim(), pid);
+}
+
+#[test]
+fn snapshot_with_qemu_killed_while_paused_makes_none_and_the_source_reports_error() {
+    assert_failpoints();
+    let mut d = Daemon::start();
+    running_vm(&d, "src");
+    arm(&mut d, "capture-paused=pause:src");
+
+    let mut cmd = background(&d, &["snapshot", "create", "src", "--name", "snap"]);
+    wait_paused(&d, "capture-paused", &mut cmd);
+    kill_vm(&d, "src");
+    release(&d, "capture-paused");
+    let (ok, err) = finish(cmd);
+
+    assert!(!ok, "{err}");
+    assert_eq!(d.json(&["snapshot", "ls"]).as_array().unwrap().len(), 0);
+    assert_eq!(entries(&d.data_dir.join("snapshots")).len(), 0);
+    d.wait_state("src", "error", HANG);
+    assert_consistent(&d);
+    d.restart_with_env(&[]);
+    d.ok(&["start", "src"]);
+    assert_eq!(d.sh("src", "cat /root/before"), "kept\n");
+}
+
+#[test]
+fn fork_from_standby_with_the_fork_vm_killed_leaves_no_fork_and_the_source_untouched() {
+    assert_failpoints();
+    let mut d = Daemon::start();
+    let pid = running_vm(&d, "src");
+    d.ok(&["standby", "src"]);
+    let dir = dir_of(&d, "src");
+    let (memory, state) = (inode(&dir.join("memory")), sha256(&dir.join("vmstate")));
+    let memory_sum = sha256(&dir.join("memory"));
+    arm(&mut d, "vm-started=pause:kid");
+
+    let mut cmd = background(&d, &["fork", "src", "--name", "kid"]);
+    wait_paused(&d, "vm-started", &mut cmd);
+    kill_vm(&d, "kid");
+    release(&d, "vm-started");
+    let (ok, err) = finish(cmd);
+
+    assert!(!ok, "{err}");
+    assert_eq!(names(&d), vec!["src".to_string()]);
+    assert_eq!(inode(&dir.join("memory")), memory, "same inode, one link");
+    assert_eq!(sha256(&dir.join("memory")), memory_sum);
+    assert_eq!(sha256(&dir.join("vmstate")), state);
+    assert_consistent(&d);
+    d.restart_with_env(&[]);
+    d.ok(&["restore", "src"]);
+    assert_counts_on(&d, "src");
+    assert_eq!(d.sh("src", "cat /run/counter.pid").trim(), pid);
+}
+
+#[test]
+fn fork_from_running_daemon_killed_while_the_source_is_paused_resumes_it() {
+    assert_failpoints();
+    let mut d = Daemon::start();
+    let pid = running_vm(&d, "src");
+    arm(&mut d, "capture-paused=crash:src");
+
+    let _ = d.tine(&["fork", "src", "--from-running", "--name", "kid"]);
+    d.wait_daemon_exit();
+    d.restart_with_env(&[]);
+
+    assert_eq!(names(&d), vec!["src".to_string()]);
+    assert_eq!(d.state("src"), "running");
+    assert_consistent(&d);
+    assert_counts_on(&d, "src");
+    assert_eq!(d.sh("src", "cat /run/counter.pid").trim(), pid);
+}
+
+#[test]
+fn fork_from_running_with_the_source_vm_killed_while_paused_makes_no_fork() {
+    assert_failpoints();
+    let mut d = Daemon::start();
+    running_vm(&d, "src");
+    arm(&mut d, "capture-paused=pause:src");
+
+    let mut cmd = background(&d, &["fork", "src", "--from-running", "--name", "kid"]);
+    wait_paused(&d, "capture-paused", &mut cmd);
+    kill_vm(&d, "src");
+    release(&d, "capture-paused");
+    let (ok, err) = finish(cmd);
+
+    assert!(!ok, "{err}");
+    assert_eq!(names(&d), vec!["src".to_string()]);
+    d.wait_state("src", "error", HANG);
+    assert_consistent(&d);
+    d.restart_with_env(&[]);
+    d.ok(&["start", "src"]);
+    assert_eq!(d.sh("src", "cat /root/before"), "kept\n");
+}
+
+#[test]
+fn fork_from_running_daemon_killed_after_the_fork_vm_started_removes_the_fork_and_its_vm() {
+    assert_failpoints();
+    let mut d = Daemon::start();
+    let pid = running_vm(&d, "src");
+    arm(&mut d, "vm-started=crash:kid");
+
+    let _ = d.tine(&["fork", "src", "--from-running", "--name", "kid"]);
+    d.wait_daemon_exit();
+    d.restart_with_env(&[]);
+
+    assert_eq!(names(&d), vec!["src".to_string()]);
+    assert_consistent(&d);
+    assert_counts_on(&d, "src");
+    assert_eq!(d.sh("src", "cat /run/counter.pid").trim(), pid);
+    d.ok(&["fork", "src", "--from-running", "--name", "kid"]);
+    assert_eq!(d.sh("kid", "cat /root/before"), "kept\n");
+}
+
+#[test]
+fn restoring_a_source_while_a_fork_copies_its_files_waits_and_both_stay_intact() {
+    assert_failpoints();
+    let mut d = Daemon::start();
+    let pid = running_vm(&d, "src");
+    d.ok(&["standby", "src"]);
+    arm(&mut d, "fork-name=pause:kid");
+
+    let mut fork = background(&d, &["fork", "src", "--name", "kid"]);
+    wait_paused(&d, "fork-name", &mut fork);
+    let mut restore = background(&d, &["restore", "src"]);
+    let deadline = Instant::now() + HANG;
+    while restore.try_wait().unwrap().is_none() && !d.log().contains("waiting for forks being made")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "restore neither waited nor finished:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    release(&d, "fork-name");
+    let (forked, fork_err) = finish(fork);
+    let (restored, restore_err) = finish(restore);
+
+    assert!(forked, "{fork_err}");
+    assert!(restored, "{restore_err}");
+    assert_eq!(d.sh("kid", "cat /root/before"), "kept\n");
+    assert_eq!(d.sh("kid", "cat /run/counter.pid").trim(), pid);
+    assert_counts_on(&d, "src");
+    assert_eq!(d.sh("src", "cat /run/counter.pid").trim(), pid);
+    assert_consistent(&d);
+}
