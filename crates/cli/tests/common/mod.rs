@@ -198,9 +198,23 @@ impl Daemon {
     }
 
     /// Wait for the daemon process to exit by itself (e.g. a crash failpoint).
+    /// Wait for the daemon to exit on its own (a `crash` failpoint). A
+    /// failpoint that never fires fails the test instead of hanging it.
     pub fn wait_daemon_exit(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.wait().unwrap();
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while c.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!(
+                    "the daemon did not exit (did its failpoint fire?):\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
