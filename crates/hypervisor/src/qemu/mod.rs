@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use rustix::process::{kill_process, Pid, Signal};
 use serde_json::json;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 pub use cmdline::{AGENT_PORT_NAME, AGENT_SOCKET, CONSOLE_LOG, PID_FILE, QEMU_LOG, QMP_SOCKET};
 use qmp::Qmp;
@@ -120,9 +120,12 @@ impl Qemu {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         };
-        // Reap it when it exits (the daemon is its parent until it restarts).
+        // Reap it when it exits (the daemon is its parent until it restarts),
+        // and say how it ended: a signal leaves nothing in QEMU's own log.
         tokio::spawn(async move {
-            let _ = child.wait().await;
+            if let Ok(status) = child.wait().await {
+                info!(pid = ?pid, %status, "QEMU exited");
+            }
         });
         let q = q?;
         let proc =
