@@ -5,19 +5,8 @@
 # Usage: sudo scripts/bench-basic.sh [N]   (default 5)
 set -euo pipefail
 N=${1:-5}
-TINE=${TINE:-tine}
-DATA=$(mktemp -d /tmp/tine-bbasic.XXXXXX)
-export TINE_DATA_DIR=$DATA TINE_IMAGES_DIR=${TINE_IMAGES_DIR:-/var/lib/tine/images}
-"$TINE" serve >"$DATA/daemon.log" 2>&1 &
-DAEMON=$!
-cleanup() {
-    "$TINE" ps 2>/dev/null | awk 'NR>1 {print $2}' | xargs -r "$TINE" rm -f >/dev/null 2>&1 || true
-    kill "$DAEMON" 2>/dev/null || true
-    wait "$DAEMON" 2>/dev/null || true
-    rm -rf "$DATA"
-}
-trap cleanup EXIT
-for _ in $(seq 100); do "$TINE" ps >/dev/null 2>&1 && break; sleep 0.1; done
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+start_daemon tine-bbasic
 now() { date +%s.%N; }
 ms() { python3 -c "print(round(($2-$1)*1000,1))"; }
 median() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.stdin.read().split()]; print(round(statistics.median(v),1))'; }

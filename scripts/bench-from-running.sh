@@ -8,19 +8,8 @@
 # TINE=path/to/tine picks the binary (compare builds side by side).
 set -euo pipefail
 MEM=${1:-1G}; N=${2:-5}; FILL=${3:-128}
-TINE=${TINE:-tine}
-DATA=$(mktemp -d "${DATA_PARENT:-/tmp}/tine-bfr.XXXXXX")
-export TINE_DATA_DIR=$DATA TINE_IMAGES_DIR=${TINE_IMAGES_DIR:-/var/lib/tine/images}
-"$TINE" serve >"$DATA/daemon.log" 2>&1 &
-DAEMON=$!
-cleanup() {
-    "$TINE" ps 2>/dev/null | awk 'NR>1 {print $2}' | xargs -r "$TINE" rm -f >/dev/null 2>&1 || true
-    kill "$DAEMON" 2>/dev/null || true
-    wait "$DAEMON" 2>/dev/null || true
-    rm -rf "$DATA"
-}
-trap cleanup EXIT
-for _ in $(seq 100); do "$TINE" ps >/dev/null 2>&1 && break; sleep 0.1; done
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+start_daemon tine-bfr "${DATA_PARENT:-/tmp}"
 median() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.stdin.read().split()]; print(round(statistics.median(v),1))'; }
 
 "$TINE" run --name src --memory "$MEM" --network none >/dev/null

@@ -3,20 +3,9 @@
 # Usage: sudo scripts/bench-pool.sh [N] (N sequential forks each; default 10)
 set -euo pipefail
 N=${1:-10}
-TINE=${TINE:-tine}
-DATA=$(mktemp -d /tmp/tine-bpool.XXXXXX)
-export TINE_DATA_DIR=$DATA TINE_IMAGES_DIR=${TINE_IMAGES_DIR:-/var/lib/tine/images}
-"$TINE" serve >"$DATA/daemon.log" 2>&1 &
-DAEMON=$!
-cleanup() {
-    "$TINE" ps 2>/dev/null | awk 'NR>1 {print $2}' | xargs -r "$TINE" rm -f >/dev/null 2>&1 || true
-    "$TINE" pool rm src >/dev/null 2>&1 || true
-    kill "$DAEMON" 2>/dev/null || true
-    wait "$DAEMON" 2>/dev/null || true
-    rm -rf "$DATA"
-}
-trap cleanup EXIT
-for _ in $(seq 100); do "$TINE" ps >/dev/null 2>&1 && break; sleep 0.1; done
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+before_cleanup() { "$TINE" pool rm src >/dev/null 2>&1; }
+start_daemon tine-bpool
 "$TINE" run --name src --network none >/dev/null
 "$TINE" standby src >/dev/null
 

@@ -138,6 +138,25 @@ pub struct ForkOutcome {
     pub phases: Option<ForkPhases>,
 }
 
+impl ForkOutcome {
+    fn new(name: &str) -> ForkOutcome {
+        ForkOutcome {
+            name: name.to_string(),
+            instance: None,
+            error: None,
+            running_ms: None,
+            ready_ms: None,
+            phases: None,
+        }
+    }
+}
+
+/// A running fork has consumed its device state: it no longer matches RAM.
+fn state_consumed(slot: &crate::Slot) {
+    let _ = std::fs::remove_file(slot.dir.join(STATE_FILE));
+    let _ = slot.update(|r| r.ram_in_state = false);
+}
+
 /// One fork's time by phase, in ms; they add up to its `ready_ms`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct ForkPhases {
@@ -492,21 +511,13 @@ impl Manager {
         permit: OwnedSemaphorePermit,
     ) -> ForkOutcome {
         let mut permit = Some(permit);
-        let mut out = ForkOutcome {
-            name: name.clone(),
-            instance: None,
-            error: None,
-            running_ms: None,
-            ready_ms: None,
-            phases: None,
-        };
+        let mut out = ForkOutcome::new(&name);
         if target == ForkTarget::Running && base.has_state {
             tracing::debug!(name, before_claim_ms = ms(t0), "fork ready to claim");
             if let Some((slot, proc, boot)) = self.pool_take(base) {
                 match self.claim(slot, proc, boot, &name, t0, &mut permit).await {
                     Ok((slot, times)) => {
-                        let _ = std::fs::remove_file(slot.dir.join(STATE_FILE));
-                        let _ = slot.update(|r| r.ram_in_state = false);
+                        state_consumed(&slot);
                         out.running_ms = Some(times.running_ms);
                         out.ready_ms = Some(times.ready_ms);
                         // The entry's files were made ahead; what the
@@ -537,14 +548,7 @@ impl Manager {
         t0: Instant,
         permit: Option<OwnedSemaphorePermit>,
     ) -> ForkOutcome {
-        let mut out = ForkOutcome {
-            name: name.clone(),
-            instance: None,
-            error: None,
-            running_ms: None,
-            ready_ms: None,
-            phases: None,
-        };
+        let mut out = ForkOutcome::new(&name);
         // Without device state the fork boots fresh and owns its RAM file.
         let memory = if base.has_state {
             MemoryMapping::Private
@@ -611,9 +615,7 @@ impl Manager {
         match result {
             Ok(times) => {
                 if target == ForkTarget::Running {
-                    // The device state was consumed; it no longer matches RAM.
-                    let _ = std::fs::remove_file(slot.dir.join(STATE_FILE));
-                    let _ = slot.update(|r| r.ram_in_state = false);
+                    state_consumed(&slot);
                 }
                 out.running_ms = times.map(|t| t.running_ms);
                 out.ready_ms = times.map(|t| t.ready_ms);

@@ -194,8 +194,9 @@ impl Manager {
             .get(&pool_id(from, source))
             .cloned();
         if let Some(pool) = pool {
-            self.drain(&pool).await;
+            // Key first: an entry being made now is then refused, not kept.
             *pool.key.lock().expect("key") = None;
+            self.drain(&pool).await;
         }
     }
 
@@ -326,7 +327,21 @@ impl Manager {
         .await;
         match made {
             Ok(proc) => {
-                pool.entries.lock().expect("pool").push((slot, proc));
+                // The source may have moved on (restore, rm) or the pool been
+                // removed while this entry was made: then it is stale.
+                let kept = {
+                    let mut entries = pool.entries.lock().expect("pool");
+                    let same_key =
+                        pool.key.lock().expect("key").as_deref() == Some(base.key.as_str());
+                    let current = self.pool_of(&base).is_some_and(|c| Arc::ptr_eq(&c, pool));
+                    if same_key && current {
+                        entries.push((slot.clone(), proc));
+                    }
+                    same_key && current
+                };
+                if !kept {
+                    self.discard(&slot).await;
+                }
                 Ok(())
             }
             Err(e) => {
@@ -344,14 +359,17 @@ impl Manager {
         }
     }
 
-    /// Mark a fork burst from `base`'s source, if it has a pool.
-    pub(crate) fn pool_burst(self: &Arc<Self>, base: &Base) -> Option<Burst> {
-        let pool = self
-            .pools
+    fn pool_of(&self, base: &Base) -> Option<Arc<Pool>> {
+        self.pools
             .lock()
             .expect("pools")
             .get(&pool_id(base.from, &base.source))
-            .cloned()?;
+            .cloned()
+    }
+
+    /// Mark a fork burst from `base`'s source, if it has a pool.
+    pub(crate) fn pool_burst(self: &Arc<Self>, base: &Base) -> Option<Burst> {
+        let pool = self.pool_of(base)?;
         pool.bursts.fetch_add(1, Ordering::AcqRel);
         Some(Burst {
             mgr: self.clone(),
@@ -362,12 +380,7 @@ impl Manager {
     /// Take a ready entry made from `base`, if any (a miss triggers nothing
     /// but the count; every take triggers a refill).
     pub(crate) fn pool_take(self: &Arc<Self>, base: &Base) -> Option<(Arc<Slot>, VmProcess, Boot)> {
-        let pool = self
-            .pools
-            .lock()
-            .expect("pools")
-            .get(&pool_id(base.from, &base.source))
-            .cloned()?;
+        let pool = self.pool_of(base)?;
         let fresh = pool.key.lock().expect("key").as_deref() == Some(base.key.as_str());
         let taken = if fresh {
             pool.entries.lock().expect("pool").pop()

@@ -46,40 +46,12 @@ impl Daemon {
 
     /// A daemon with extra environment, e.g. `TINE_FAILPOINTS`.
     pub fn start_with_env(env: &[(&str, &str)]) -> Daemon {
-        // Short base path: QEMU's sockets live under it and sun_path is 108 bytes.
-        let tmp = tempfile::Builder::new()
-            .prefix("tine-t")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let data_dir = tmp.path().to_path_buf();
-        let env = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let mut d = Daemon {
-            child: None,
-            env,
-            data_dir,
-            _tmp: Some(tmp),
-            serve_args: vec![],
-            netns: None,
-        };
-        d.spawn();
-        d
+        Daemon::start_with(None, &[], env)
     }
 
     /// A daemon whose data directory is `dir` (e.g. a small loop mount).
     pub fn start_at(dir: &Path) -> Daemon {
-        let mut d = Daemon {
-            child: None,
-            env: vec![],
-            data_dir: dir.to_path_buf(),
-            _tmp: None,
-            serve_args: vec![],
-            netns: None,
-        };
-        d.spawn();
-        d
+        Daemon::start_with(Some(dir), &[], &[])
     }
 
     /// A daemon with extra `tine serve` arguments, on `dir` or a temporary
@@ -91,6 +63,7 @@ impl Daemon {
     /// A daemon with extra `serve` arguments and environment, on `dir` or
     /// a temporary data directory.
     pub fn start_with(dir: Option<&Path>, serve_args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        // Short base path: QEMU's sockets live under it and sun_path is 108 bytes.
         let tmp = match dir {
             Some(_) => None,
             None => Some(
