@@ -6,7 +6,7 @@
 mod common;
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::{dir_of, instance_dirs, names, qemu_processes, Daemon};
@@ -92,6 +92,110 @@ fn qemu_is_sandboxed_with_private_sockets_through_run_restore_and_fork() {
     d.ok(&["run", "--name", "n", "--network", "none"]);
     assert_confined(&d, "n");
     assert_eq!(d.sh("n", "echo up"), "up\n");
+}
+
+/// Run one command on an instance's own QMP socket, as a compromised QEMU
+/// could be made to: the error QEMU reports, if any.
+fn qmp(dir: &Path, command: &str, args: serde_json::Value) -> Result<(), String> {
+    use std::io::{BufRead, BufReader, Write};
+    let sock = std::os::unix::net::UnixStream::connect(dir.join("qmp.sock")).unwrap();
+    let mut lines = BufReader::new(sock.try_clone().unwrap()).lines();
+    let mut reply = || loop {
+        let r: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        if r.get("event").is_none() && r.get("QMP").is_none() {
+            return r;
+        }
+    };
+    writeln!(
+        &sock,
+        "{}",
+        serde_json::json!({ "execute": "qmp_capabilities" })
+    )
+    .unwrap();
+    reply();
+    writeln!(
+        &sock,
+        "{}",
+        serde_json::json!({ "execute": command, "arguments": args })
+    )
+    .unwrap();
+    match reply().get("error") {
+        Some(e) => Err(e["desc"].as_str().unwrap_or_default().to_string()),
+        None => Ok(()),
+    }
+}
+
+/// Have an instance's QEMU open `file` as a block node (then drop it).
+fn qemu_opens(dir: &Path, file: &Path, write: bool) -> Result<(), String> {
+    let args = serde_json::json!({ "driver": "file", "node-name": "probe",
+        "filename": file, "read-only": !write });
+    qmp(dir, "blockdev-add", args)?;
+    qmp(
+        dir,
+        "blockdev-del",
+        serde_json::json!({ "node-name": "probe" }),
+    )
+}
+
+/// Landlock: a QEMU writes only its own disk, logs and (one-link) memory
+/// file, creates nothing but its sockets, and reads nothing of other
+/// instances, snapshots or host secrets; a fork's QEMU cannot write the
+/// memory file it shares with its source, by any name.
+#[test]
+fn qemu_opens_only_its_own_directory_and_the_guest_image() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "v", "--network", "none"]);
+    d.ok(&["snapshot", "create", "v", "--name", "s"]);
+    d.ok(&["standby", "v"]);
+    d.ok(&["fork", "v", "--name", "f"]);
+    d.ok(&["run", "--name", "other", "--network", "none"]);
+    let f = dir_of(&d, "f");
+    // The probe works: its own files open, for writing where it must.
+    qemu_opens(&f, &f.join("qemu.log"), true).expect("own log, writable");
+    qemu_opens(&f, &f.join("overlay.qcow2"), true).expect("own disk, writable");
+    qemu_opens(&f, &f.join("memory"), false).expect("own memory file");
+    let snap_dir = d.data_dir.join("snapshots");
+    let snap_files: Vec<_> = std::fs::read_dir(&snap_dir)
+        .unwrap()
+        .flat_map(|e| std::fs::read_dir(e.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!snap_files.is_empty());
+    let mut refused = vec![
+        (dir_of(&d, "other").join("memory"), false),
+        (dir_of(&d, "other").join("overlay.qcow2"), true),
+        // The inode f maps privately, by its name and the source's:
+        // readable (by either name: Landlock rules follow the inode), never
+        // writable (the source and siblings map it too).
+        (dir_of(&d, "v").join("memory"), true),
+        (f.join("memory"), true),
+        // Its own record is the daemon's, not QEMU's.
+        (f.join("instance.json"), true),
+        (PathBuf::from("/etc/shadow"), false),
+    ];
+    refused.extend(snap_files.into_iter().map(|p| (p, false)));
+    for (file, write) in refused {
+        let err = qemu_opens(&f, &file, write).expect_err(&file.display().to_string());
+        assert!(
+            err.contains("Permission denied"),
+            "{}: {err}",
+            file.display()
+        );
+    }
+    // Nor can it create files, in the data directory or its own.
+    for planted in [d.data_dir.join("planted"), f.join("planted")] {
+        let protocol = format!("file:{}", planted.display());
+        let err = qmp(
+            &f,
+            "dump-guest-memory",
+            serde_json::json!({ "paging": false, "protocol": protocol }),
+        )
+        .unwrap_err();
+        assert!(err.contains("Permission denied"), "{err}");
+        assert!(!planted.exists());
+    }
+    assert_eq!(d.sh("f", "echo up"), "up\n");
+    assert_eq!(d.sh("other", "echo up"), "up\n");
 }
 
 #[test]

@@ -181,7 +181,9 @@ pub trait Hypervisor: Send + Sync {
     async fn resume(&self, run_dir: &Path) -> Result<(), HvError>;
 
     /// Pause the VM and write its device state to `state_file`, with RAM
-    /// where `ram` says. The VM stays paused.
+    /// where `ram` says. The VM stays paused. The backend creates
+    /// `state_file` and hands the VM process an open descriptor: the VM
+    /// itself cannot create files.
     async fn save_state(
         &self,
         run_dir: &Path,

@@ -33,9 +33,12 @@ pub fn build(spec: &VmSpec, boot: &Boot, paused: bool) -> Vec<String> {
         Boot::Fresh => MemoryMapping::Shared,
         Boot::Restore { mapping, .. } => *mapping,
     };
+    // A private mapping opens the file read-only (its inode is shared
+    // with the source and siblings); `rom=off` keeps guest RAM writable,
+    // copy-on-write.
     let share = match mapping {
         MemoryMapping::Shared => "on",
-        MemoryMapping::Private => "off",
+        MemoryMapping::Private => "off,readonly=on,rom=off",
     };
     let (accel, cpu) = match spec.accel {
         Accel::Kvm => ("kvm", "host"),
@@ -165,7 +168,7 @@ mod tests {
             ram_in_state: false,
         };
         let a = joined(&build(&spec(Accel::Tcg), &boot, false));
-        assert!(a.contains("share=off"));
+        assert!(a.contains("share=off,readonly=on,rom=off"), "{a}");
         assert!(a.ends_with("-incoming defer"));
         let paused = joined(&build(&spec(Accel::Tcg), &boot, true));
         assert!(paused.ends_with("-incoming defer -S"));

@@ -10,6 +10,7 @@ mod confine;
 mod qmp;
 
 use std::collections::HashMap;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
@@ -24,14 +25,16 @@ pub use cmdline::{AGENT_PORT_NAME, AGENT_SOCKET, CONSOLE_LOG, PID_FILE, QEMU_LOG
 use qmp::Qmp;
 
 use crate::{
-    process_alive, wait_exit, Boot, HvError, Hypervisor, RamSave, SaveReport, VmEndpoints,
-    VmProcess, VmSpec,
+    process_alive, wait_exit, Boot, HvError, Hypervisor, MemoryMapping, RamSave, SaveReport,
+    VmEndpoints, VmProcess, VmSpec,
 };
 
 /// Longest path a Unix socket address holds (sun_path minus the NUL).
 const SUN_PATH_MAX: usize = 107;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(600);
+/// The name under which a save's open state file is handed to QEMU.
+const STATE_FD: &str = "tine-state";
 
 pub struct Qemu {
     binary: PathBuf,
@@ -82,7 +85,6 @@ impl Qemu {
             check_socket_len(&run.join(name))?;
             remove_stale(&run.join(name))?;
         }
-        remove_stale(&run.join(PID_FILE))?;
         self.parked.lock().expect("parked").remove(run);
         let args = cmdline::build(spec, boot, paused);
         debug!(?args, "starting qemu");
@@ -90,8 +92,16 @@ impl Qemu {
         let log = confine::open_log(&log_path).map_err(|e| HvError::io(&log_path, e))?;
         let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
         let out = log.try_clone().map_err(|e| HvError::io(&log_path, e))?;
+        let needs_tap = spec.network.is_some();
+        // Files QEMU would create are made here, so it needs no right to
+        // create any (see `confine::fence`).
+        for name in [CONSOLE_LOG, PID_FILE] {
+            confine::create_private(&run.join(name))
+                .map_err(|e| HvError::io(&run.join(name), e))?;
+        }
+        let fence = confine::fence(&grants(spec, boot, &binary))?;
         let mut cmd = tokio::process::Command::new(&binary);
-        confine::restrict(&mut cmd, spec.network.is_some());
+        confine::restrict(&mut cmd, needs_tap, fence);
         let mut child = cmd
             .args(&args)
             .stdin(Stdio::null())
@@ -137,6 +147,41 @@ impl Qemu {
                     ),
                 })?;
         Ok((proc, q, log_start))
+    }
+}
+
+/// What a VM's QEMU may open (besides system files): see `confine`.
+fn grants<'a>(spec: &'a VmSpec, boot: &'a Boot, binary: &'a Path) -> confine::Grants<'a> {
+    let run = spec.run_dir.as_path();
+    let mut read = vec![
+        binary,
+        spec.kernel.as_path(),
+        spec.initrd.as_path(),
+        // The root disk's read-only backing image lives beside the kernel.
+        spec.kernel.parent().unwrap_or(&spec.kernel),
+    ];
+    let mut write = vec![spec.root_disk.as_path()];
+    let logs = [CONSOLE_LOG, QEMU_LOG, PID_FILE];
+    match boot {
+        Boot::Restore {
+            state_file,
+            mapping,
+            ..
+        } => {
+            read.push(state_file);
+            match mapping {
+                MemoryMapping::Private => read.push(&spec.memory_file),
+                MemoryMapping::Shared => write.push(&spec.memory_file),
+            }
+        }
+        Boot::Fresh => write.push(&spec.memory_file),
+    }
+    confine::Grants {
+        run_dir: run,
+        read,
+        write,
+        logs: logs.map(|l| run.join(l)),
+        tap: spec.network.is_some(),
     }
 }
 
@@ -372,8 +417,12 @@ impl Hypervisor for Qemu {
         let pause_ms = t0.elapsed().as_secs_f64() * 1e3;
         set_ignore_shared(&mut q, ram == RamSave::InMemoryFile).await?;
         remove_stale(state_file)?;
-        let uri = format!("file:{}", state_file.display());
+        // QEMU may create no file (Landlock): it writes into ours.
+        let file = confine::create_private(state_file).map_err(|e| HvError::io(state_file, e))?;
         let t1 = Instant::now();
+        q.send_fd(STATE_FD, file.as_fd()).await?;
+        drop(file);
+        let uri = format!("fd:{STATE_FD}");
         q.execute("migrate", Some(json!({ "uri": uri }))).await?;
         wait_migration(&mut q, "device state save").await?;
         let save_ms = t1.elapsed().as_secs_f64() * 1e3;

@@ -5,8 +5,14 @@
 //! operations per VM, so a short-lived connection is enough and leaves no
 //! state to recover after a daemon restart.
 
+use std::io::IoSlice;
+use std::mem::MaybeUninit;
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::time::Duration;
+
+use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+use tokio::io::Interest;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -84,6 +90,49 @@ impl Qmp {
             .write_all(&line)
             .await
             .map_err(|e| HvError::QmpProtocol(format!("write {command}: {e}")))?;
+        self.reply(command).await
+    }
+
+    /// Hand QEMU an open file as `name` (QMP `getfd`, the descriptor rides
+    /// along as SCM_RIGHTS), for a later `fd:NAME` URI. QEMU keeps its own
+    /// copy; the caller may close `fd`.
+    pub async fn send_fd(&mut self, name: &str, fd: BorrowedFd<'_>) -> Result<(), HvError> {
+        let limit = self.limit;
+        tokio::time::timeout(limit, self.send_fd_unbounded(name, fd))
+            .await
+            .map_err(|_| HvError::Timeout(limit, "QMP getfd"))?
+    }
+
+    async fn send_fd_unbounded(&mut self, name: &str, fd: BorrowedFd<'_>) -> Result<(), HvError> {
+        let msg = json!({ "execute": "getfd", "arguments": { "fdname": name } });
+        let mut line = serde_json::to_vec(&msg).expect("json");
+        line.push(b'\n');
+        let fail = |e: std::io::Error| HvError::QmpProtocol(format!("write getfd: {e}"));
+        let sock = self.writer.as_ref();
+        let fds = [fd];
+        loop {
+            sock.writable().await.map_err(fail)?;
+            let sent = sock.try_io(Interest::WRITABLE, || {
+                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                let mut cmsg = SendAncillaryBuffer::new(&mut space);
+                cmsg.push(SendAncillaryMessage::ScmRights(&fds));
+                sendmsg(sock, &[IoSlice::new(&line)], &mut cmsg, SendFlags::empty())
+                    .map_err(std::io::Error::from)
+            });
+            match sent {
+                // A short line on a fresh socket does not split; if it
+                // ever did, the rest would go without the descriptor.
+                Ok(n) if n == line.len() => break,
+                Ok(n) => return Err(fail(std::io::Error::other(format!("short write {n}")))),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(fail(e)),
+            }
+        }
+        self.reply("getfd").await.map(|_| ())
+    }
+
+    /// The answer to the command just sent; events are skipped.
+    async fn reply(&mut self, command: &str) -> Result<Value, HvError> {
         loop {
             let reply = self.read_message().await?;
             if let Some(ret) = reply.get("return") {
