@@ -211,7 +211,7 @@ pub async fn start_clone(
 impl Clone {
     pub async fn kill(&mut self) {
         if let Some(p) = self.proc.take() {
-            tine_hypervisor::qemu::kill(&p);
+            tine_hypervisor::kill(&p);
             let _ =
                 tokio::time::timeout(Duration::from_secs(10), tine_hypervisor::wait_exit(p)).await;
         }

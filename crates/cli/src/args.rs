@@ -42,7 +42,7 @@ pub enum Command {
     Ps,
     /// Show one instance.
     Inspect { name: String },
-    /// Print an instance's serial console.
+    /// Print an instance's serial console (--json: one {"line": …} object per line).
     Logs {
         name: String,
         /// Keep printing what the console writes.
@@ -59,7 +59,8 @@ pub enum Command {
     /// Templates: standby instances promoted to immutable fork sources.
     #[command(subcommand)]
     Template(TemplateCmd),
-    /// Print the daemon's metrics (Prometheus text).
+    /// Print the daemon's metrics: Prometheus text (--json: an array of
+    /// {"name", "labels", "value"} samples).
     Metrics,
     /// Warm pools: forks prepared ahead of requests (QEMU started, state pending).
     #[command(subcommand)]

@@ -13,7 +13,9 @@ use tine_api::{
 use crate::args::{
     Cli, Command, ExecArgs, ForkArgs, Global, PoolCmd, RunArgs, SnapshotCmd, SystemCmd, TemplateCmd,
 };
+use crate::lines::{self, Lines};
 use crate::output;
+use crate::prometheus;
 
 pub fn default_data_dir() -> PathBuf {
     if rustix::process::geteuid().is_root() {
@@ -70,20 +72,20 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Inspect { name } => show(&c.get(&name).await?),
-        Command::Logs { name, follow } => {
-            let mut stdout = std::io::stdout();
-            c.logs(&name, follow, |b| {
-                let _ = stdout.write_all(b);
-                let _ = stdout.flush();
-            })
-            .await?;
-        }
+        Command::Logs { name, follow } => logs(&c, g.json, &name, follow).await?,
         Command::Exec(a) => return exec(&c, g.json, a).await,
         Command::Fork(a) => return fork(&c, g.json, a).await,
         Command::Snapshot(cmd) => snapshot(&c, g.json, cmd).await?,
         Command::Template(cmd) => template(&c, g.json, cmd).await?,
         Command::Pool(cmd) => pool(&c, g.json, cmd).await?,
-        Command::Metrics => print!("{}", c.metrics().await?),
+        Command::Metrics => {
+            let text = c.metrics().await?;
+            if g.json {
+                output::json(&prometheus::parse(&text).map_err(anyhow::Error::msg)?)
+            } else {
+                print!("{text}")
+            }
+        }
         Command::Stop { name } => show(&c.action(&name, "stop").await?),
         Command::Start { name } => show(&c.action(&name, "start").await?),
         Command::Pause { name } => show(&c.action(&name, "pause").await?),
@@ -116,6 +118,28 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The serial console: raw bytes, or with `--json` one `{"line": …}` per line.
+async fn logs(c: &Client, json: bool, name: &str, follow: bool) -> Result<()> {
+    let mut stdout = std::io::stdout();
+    let mut splitter = json.then(Lines::default);
+    c.logs(name, follow, |b| {
+        match &mut splitter {
+            Some(l) => l.push(b).iter().for_each(|s| {
+                let _ = writeln!(stdout, "{}", lines::json(s));
+            }),
+            None => {
+                let _ = stdout.write_all(b);
+            }
+        }
+        let _ = stdout.flush();
+    })
+    .await?;
+    if let Some(rest) = splitter.and_then(Lines::finish) {
+        println!("{}", lines::json(&rest));
+    }
+    Ok(())
 }
 
 fn run_request(a: RunArgs) -> Result<RunRequest> {

@@ -3,7 +3,9 @@
 
 mod args;
 mod commands;
+mod lines;
 mod output;
+mod prometheus;
 mod serve;
 
 use clap::Parser;

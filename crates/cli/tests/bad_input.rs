@@ -2,7 +2,12 @@
 
 mod common;
 
-use common::Daemon;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use common::{kill9, Daemon};
+use serde_json::Value;
 
 #[test]
 fn malformed_out_of_range_and_unknown_requests_are_refused_without_side_effects() {
@@ -39,12 +44,144 @@ fn malformed_out_of_range_and_unknown_requests_are_refused_without_side_effects(
             "tine {args:?}: expected {want:?} in {err:?}"
         );
     }
+    let missing = d.fails(&["run", "--image", "nope"]);
+    let how = format!(
+        "build it with: sudo guest/build.sh {}/nope",
+        common::images_dir().display()
+    );
+    assert!(missing.contains(&how), "{missing}");
 
     assert_eq!(d.json(&["ps"]), before);
     let dirs = std::fs::read_dir(d.data_dir.join("instances"))
         .unwrap()
         .count();
     assert_eq!(dirs, 1, "no half-made instance directory is left behind");
+}
+
+/// One HTTP/1.1 request on the daemon's Unix socket: status and JSON body.
+fn http(d: &Daemon, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let mut s = UnixStream::connect(d.data_dir.join("tine.sock")).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: tine\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[test]
+fn requests_illegal_in_the_current_state_are_http_409_and_change_nothing() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "up"]);
+    d.ok(&["run", "--name", "down"]);
+    d.ok(&["stop", "down"]);
+    d.ok(&["run", "--name", "dead"]);
+    kill9(d.inspect("dead")["pid"].as_i64().unwrap() as i32);
+    d.wait_state("dead", "error", Duration::from_secs(30));
+    d.ok(&[
+        "snapshot", "create", "down", "--name", "disk", "--kind", "stopped",
+    ]);
+    let (ps, snapshots) = (d.json(&["ps"]), d.json(&["snapshot", "ls"]));
+
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "POST",
+            "/v1/instances/down/exec",
+            r#"{"argv":["true"]}"#,
+            "start it first",
+        ),
+        ("POST", "/v1/instances/down/stop", "", "cannot stop"),
+        ("POST", "/v1/instances/down/standby", "", "cannot standby"),
+        ("POST", "/v1/instances/down/pause", "", "cannot pause"),
+        ("POST", "/v1/instances/down/restore", "", "cannot restore"),
+        (
+            "POST",
+            "/v1/snapshots",
+            r#"{"instance":"down","name":"x"}"#,
+            "--kind stopped",
+        ),
+        (
+            "POST",
+            "/v1/instances/down/fork",
+            r#"{"source":"down","name":"f"}"#,
+            "fork a standby",
+        ),
+        ("POST", "/v1/instances/up/start", "", "cannot start"),
+        ("POST", "/v1/instances/up/resume", "", "cannot resume"),
+        ("POST", "/v1/instances/up/restore", "", "cannot restore"),
+        (
+            "DELETE",
+            "/v1/instances/up",
+            "",
+            "stop it first, or use rm -f",
+        ),
+        (
+            "POST",
+            "/v1/instances/up/fork",
+            r#"{"source":"up","name":"f"}"#,
+            "--from-running",
+        ),
+        (
+            "POST",
+            "/v1/templates",
+            r#"{"instance":"up"}"#,
+            "only a standby instance",
+        ),
+        (
+            "POST",
+            "/v1/snapshots/disk/restore",
+            r#"{"into":"up"}"#,
+            "stop it first",
+        ),
+        (
+            "POST",
+            "/v1/instances/dead/exec",
+            r#"{"argv":["true"]}"#,
+            "start it first",
+        ),
+        ("POST", "/v1/instances/dead/standby", "", "cannot standby"),
+        (
+            "POST",
+            "/v1/instances/dead/fork",
+            r#"{"source":"dead","name":"f","from_running":true}"#,
+            "fork a standby",
+        ),
+        (
+            "POST",
+            "/v1/snapshots",
+            r#"{"instance":"dead","name":"y"}"#,
+            "--kind stopped",
+        ),
+        (
+            "POST",
+            "/v1/templates",
+            r#"{"instance":"dead"}"#,
+            "only a standby instance",
+        ),
+    ];
+    for (method, path, body, want) in cases {
+        let (status, answer) = http(&d, method, path, body);
+
+        assert_eq!(status, 409, "{method} {path}: {answer}");
+        assert_eq!(answer["kind"], "invalid_state", "{method} {path}: {answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(
+            error.contains(want),
+            "{method} {path}: {want:?} not in {error:?}"
+        );
+    }
+
+    assert_eq!(d.json(&["ps"]), ps);
+    assert_eq!(d.json(&["snapshot", "ls"]), snapshots);
+    assert_eq!(d.json(&["template", "ls"]), serde_json::json!([]));
+    assert_eq!(common::instance_dirs(&d), 3);
+    assert_eq!(d.sh("up", "echo still up"), "still up\n");
 }
 
 #[test]

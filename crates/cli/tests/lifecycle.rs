@@ -2,9 +2,13 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use common::{kill9, pid_alive, Daemon};
+use serde_json::Value;
 
 #[test]
 fn run_exec_stop_start_exec_rm_keeps_the_disk_and_relays_status() {
@@ -123,4 +127,101 @@ fn paused_vm_resumes_and_answers() {
     d.ok(&["resume", "p"]);
 
     assert_eq!(d.sh("p", "echo ok"), "ok\n");
+}
+
+#[test]
+fn logs_show_the_guest_console_and_follow_new_output_until_the_instance_is_removed() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "con"]);
+    let booted = "tine-agent: serving on /dev/vport";
+
+    let text = d.ok(&["logs", "con"]);
+    let json = d.ok(&["--json", "logs", "con"]);
+    let mut follower = d
+        .command(&["logs", "-f", "con"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = line_channel(follower.stdout.take().unwrap());
+    wait_for_line(&lines, booted);
+    d.sh("con", "echo console-marker-$((6*7)) > /dev/ttyS0");
+    wait_for_line(&lines, "console-marker-42");
+    d.ok(&["rm", "-f", "con"]);
+    let status = wait_exit(&mut follower);
+
+    assert!(text.contains(booted), "{text}");
+    let json: Vec<Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        json.iter()
+            .any(|v| v["line"].as_str().unwrap().starts_with(booted)),
+        "{json:?}"
+    );
+    assert!(status.success(), "logs -f ended with {status}");
+}
+
+#[test]
+fn metrics_json_has_every_sample_of_the_prometheus_text() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "m"]);
+
+    let text = d.ok(&["metrics"]);
+    let json = d.json(&["metrics"]);
+
+    let samples = json.as_array().unwrap();
+    let text_samples = text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .count();
+    assert_eq!(samples.len(), text_samples);
+    let running = samples
+        .iter()
+        .find(|s| s["name"] == "tine_instances" && s["labels"]["state"] == "running")
+        .unwrap();
+    assert_eq!(running["value"], 1);
+    assert!(
+        text.contains("tine_instances{state=\"running\"} 1"),
+        "{text}"
+    );
+}
+
+/// The lines a child prints, as they come.
+fn line_channel(out: std::process::ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Read lines until one contains `want`; a silent follower fails the test
+/// instead of hanging it.
+fn wait_for_line(lines: &mpsc::Receiver<String>, want: &str) {
+    loop {
+        match lines.recv_timeout(Duration::from_secs(120)) {
+            Ok(line) if line.contains(want) => return,
+            Ok(_) => {}
+            Err(e) => panic!("no line with {want:?} from logs -f: {e}"),
+        }
+    }
+}
+
+fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("logs -f did not end after its instance was removed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

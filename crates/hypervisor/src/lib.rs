@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use accel::{detect_accel, Accel, AccelChoice};
-pub use process::{process_alive, process_start_time, wait_exit, VmProcess};
+pub use process::{kill, process_alive, process_start_time, wait_exit, VmProcess};
 
 /// Everything a backend needs to start one VM.
 #[derive(Debug, Clone)]

@@ -4,7 +4,7 @@
 use std::io;
 use std::os::fd::OwnedFd;
 
-use rustix::process::{pidfd_open, Pid, PidfdFlags};
+use rustix::process::{kill_process, pidfd_open, Pid, PidfdFlags, Signal};
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 
@@ -48,6 +48,19 @@ pub fn process_start_time(pid: i32) -> io::Result<u64> {
 /// True if the recorded process still exists and is the same process.
 pub fn process_alive(proc: &VmProcess) -> bool {
     process_start_time(proc.pid).is_ok_and(|t| t == proc.start_time)
+}
+
+/// SIGKILL a VM process if (and only if) it is still the recorded one. Every
+/// backend's VM is a process, so this is not a backend's business.
+pub fn kill(proc: &VmProcess) {
+    if !process_alive(proc) {
+        return;
+    }
+    if let Some(pid) = Pid::from_raw(proc.pid) {
+        if let Err(e) = kill_process(pid, Signal::KILL) {
+            tracing::warn!(pid = proc.pid, error = %e, "kill failed");
+        }
+    }
 }
 
 /// Resolve when the process exits. Works for processes that are not our

@@ -20,7 +20,7 @@ use crate::error::{chain, ManagerError};
 use crate::ops::{ms, MEMORY_FILE, ROOT_DISK, STATE_FILE};
 use crate::record::InstanceRecord;
 use crate::snapshot::{SnapSlot, SnapshotKind};
-use crate::state::State;
+use crate::state::{Op, State};
 use crate::{InstanceInfo, Manager, Slot};
 
 /// What a capture produced.
@@ -109,8 +109,9 @@ impl Manager {
                     pause_ms: None,
                 })
             }
-            (state, kind) => Err(ManagerError::InvalidArgument(format!(
-                "cannot capture a {kind:?} state of {}: it is {state}",
+            // Callers pass `state::check` first; nothing else gets here.
+            (state, kind) => Err(ManagerError::Failed(format!(
+                "internal: no {kind:?} capture of {}, which is {state}",
                 rec.name
             ))),
         }
@@ -189,27 +190,26 @@ impl Manager {
         snap: &Arc<SnapSlot>,
         into: &str,
     ) -> Result<InstanceInfo, ManagerError> {
+        let slot = self.slot(into)?;
+        let _g = slot.op.lock().await;
+        let rec = slot.record();
+        // A snapshot's kind never changes: checked before it is touched.
+        let standby = snap.record().kind == SnapshotKind::Standby;
+        self.transition(
+            &rec,
+            match standby {
+                true => Op::RestoreSnapshot,
+                false => Op::RestoreDiskSnapshot,
+            },
+        )?;
         let _r = snap.op.clone().read_owned().await;
         snap.ensure_raw_memory().await?;
         let srec = snap.record();
-        if srec.kind == SnapshotKind::Standby {
+        if standby {
             crate::integrity::verify_state(&snap.dir.join(STATE_FILE), srec.state_digest)?;
         }
-        let slot = self.slot(into)?;
-        let _g = slot.op.lock().await;
         let _files = slot.own_files().await;
-        let rec = slot.record();
-        if rec.state.has_process() {
-            return Err(ManagerError::Conflict {
-                name: rec.name,
-                source: crate::state::IllegalTransition {
-                    op: crate::state::Op::Restore,
-                    state: rec.state,
-                },
-            });
-        }
         let (src, dst) = (snap.dir.clone(), slot.dir.clone());
-        let standby = srec.kind == SnapshotKind::Standby;
         // Saved device state fixes whether there is a NIC; a boot does not.
         let nic = if standby {
             srec.network

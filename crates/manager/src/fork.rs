@@ -37,7 +37,7 @@ use crate::image;
 use crate::ops::{ms, remove_dir, BootTimes, MEMORY_FILE, ROOT_DISK, STATE_FILE};
 use crate::record::{InstanceRecord, SCHEMA};
 use crate::snapshot::SnapshotKind;
-use crate::state::State;
+use crate::state::{Op, State};
 use crate::{names, now_unix, ForkMemory, InstanceInfo, Manager};
 
 pub const MAX_FORKS_PER_REQUEST: u32 = 100;
@@ -468,36 +468,45 @@ impl Manager {
         let slot = self.slot(&req.source)?;
         let _g = slot.op.lock().await;
         let rec = slot.record();
-        match rec.state {
-            State::Standby if rec.ram_in_state => {
-                // A parked fork keeps its RAM in its device state; forks need
-                // it in a memory file they can share. Materialize it once:
-                // restore (the load writes the file) and park again.
-                info!(name = rec.name, "materializing the memory file of a parked fork before forking it");
-                self.restore_locked(&slot).await?;
-                self.standby_locked(&slot).await?;
-                Ok((Base::of_instance(slot.dir.clone(), &slot.record(), None, &req.source).holding(&slot).await, None))
+        self.transition(
+            &rec,
+            match req.from_running {
+                true => Op::ForkFromRunning,
+                false => Op::Fork,
+            },
+        )?;
+        if rec.state == State::Standby && rec.ram_in_state {
+            // A parked fork keeps its RAM in its device state; forks need
+            // it in a memory file they can share. Materialize it once:
+            // restore (the load writes the file) and park again.
+            info!(
+                name = rec.name,
+                "materializing the memory file of a parked fork before forking it"
+            );
+            self.restore_locked(&slot).await?;
+            self.standby_locked(&slot).await?;
+            let base = Base::of_instance(slot.dir.clone(), &slot.record(), None, &req.source);
+            return Ok((base.holding(&slot).await, None));
+        }
+        if rec.state == State::Standby {
+            let base = Base::of_instance(slot.dir.clone(), &rec, None, &req.source);
+            return Ok((base.holding(&slot).await, None));
+        }
+        // Running or paused, and the caller asked for it.
+        let staging = self.cfg.data_dir.join("staging").join(names::new_id());
+        crate::ops::create_private_dir(&staging)?;
+        match self
+            .capture(&slot, &rec, &staging, SnapshotKind::Standby)
+            .await
+        {
+            Ok(c) => Ok((
+                Base::of_instance(staging.clone(), &rec, Some(staging), &req.source),
+                c.pause_ms,
+            )),
+            Err(e) => {
+                let _ = remove_dir(&staging);
+                Err(e)
             }
-            State::Standby => Ok((Base::of_instance(slot.dir.clone(), &rec, None, &req.source).holding(&slot).await, None)),
-            State::Running | State::Paused if req.from_running => {
-                let staging = self.cfg.data_dir.join("staging").join(names::new_id());
-                crate::ops::create_private_dir(&staging)?;
-                match self.capture(&slot, &rec, &staging, SnapshotKind::Standby).await {
-                    Ok(c) => Ok((Base::of_instance(staging.clone(), &rec, Some(staging), &req.source), c.pause_ms)),
-                    Err(e) => {
-                        let _ = remove_dir(&staging);
-                        Err(e)
-                    }
-                }
-            }
-            State::Running | State::Paused => Err(ManagerError::InvalidArgument(format!(
-                "{} is {}: pass --from-running to pause it briefly and fork it, or put it in standby first",
-                rec.name, rec.state
-            ))),
-            other => Err(ManagerError::InvalidArgument(format!(
-                "cannot fork {}: it is {other} (fork a standby or running instance, a snapshot or a template)",
-                rec.name
-            ))),
         }
     }
 

@@ -145,7 +145,7 @@ impl Manager {
         drop(until_running);
         // The VM runs (a restore: state loaded, resumed) but no record names it yet.
         crate::failpoint::hit("vm-started", &rec.name)
-            .inspect_err(|_| tine_hypervisor::qemu::kill(&proc))?;
+            .inspect_err(|_| tine_hypervisor::kill(&proc))?;
         let running_ms = ms(t0);
         let clock = BootClock {
             t0,

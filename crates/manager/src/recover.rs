@@ -102,7 +102,7 @@ pub(crate) async fn load_all(mgr: &Arc<Manager>) -> Result<(), ManagerError> {
         } else if !rec.state.has_process() && alive {
             // A process we no longer account for (crash mid-stop): end it.
             if let Some(p) = rec.process {
-                tine_hypervisor::qemu::kill(&p);
+                tine_hypervisor::kill(&p);
             }
             slot.update(|r| r.process = None)?;
         }
@@ -241,7 +241,7 @@ async fn reattach_agent(mgr: &Arc<Manager>, slot: &Arc<Slot>) {
 }
 
 async fn kill_and_wait(proc: &VmProcess) {
-    tine_hypervisor::qemu::kill(proc);
+    tine_hypervisor::kill(proc);
     let _ = tokio::time::timeout(QMP_WAIT, tine_hypervisor::wait_exit(*proc)).await;
 }
 

@@ -27,7 +27,7 @@ use crate::compress;
 use crate::error::{chain, ManagerError};
 use crate::names;
 use crate::ops::{remove_dir, MEMORY_FILE};
-use crate::state::State;
+use crate::state::Op;
 use crate::{now_unix, Manager};
 
 pub const SNAPSHOT_SCHEMA: u32 = 1;
@@ -337,6 +337,12 @@ impl Manager {
         let slot = self.slot(&req.instance)?;
         let _g = slot.op.lock().await;
         let rec = slot.record();
+        let op = match (template, req.kind) {
+            (true, _) => Op::Promote,
+            (false, SnapshotKind::Standby) => Op::Snapshot,
+            (false, SnapshotKind::Stopped) => Op::SnapshotDisk,
+        };
+        self.transition(&rec, op)?;
         self.check_disk(
             &format!("snapshot of {}", rec.name),
             self.capture_bytes(&slot.dir, &rec, req.kind),
@@ -502,12 +508,6 @@ impl Manager {
         instance: &str,
     ) -> Result<SnapshotInfo, ManagerError> {
         let rec = self.slot(instance)?.record();
-        if rec.state != State::Standby {
-            return Err(ManagerError::InvalidArgument(format!(
-                "only a standby instance can become a template; {} is {}",
-                rec.name, rec.state
-            )));
-        }
         let req = SnapshotRequest {
             instance: rec.name.clone(),
             name: rec.name.clone(),

@@ -14,6 +14,9 @@
 //! ```
 //! Every request names an [`Op`]; [`check`] says whether it is legal in the
 //! current state and which state it leads to. Illegal requests change nothing.
+//! Requests that read an instance without moving it (snapshot, fork) are ops
+//! too: they leave it in the state it is in, but only some states have what
+//! they take (a stopped VM has no memory to snapshot or fork).
 
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +67,20 @@ pub enum Op {
     Exec,
     Remove,
     ForceRemove,
+    /// Snapshot memory, device state and disk (`--kind standby`).
+    Snapshot,
+    /// Snapshot the disk only (`--kind stopped`).
+    SnapshotDisk,
+    /// Fork a parked instance.
+    Fork,
+    /// Fork, pausing a running source briefly (`--from-running`).
+    ForkFromRunning,
+    /// Become a template; the instance is removed.
+    Promote,
+    /// Take a standby snapshot's state in place of its own.
+    RestoreSnapshot,
+    /// Take a stopped (disk-only) snapshot's disk in place of its own.
+    RestoreDiskSnapshot,
 }
 
 impl Op {
@@ -78,6 +95,11 @@ impl Op {
             Op::Exec => "exec",
             Op::Remove => "rm",
             Op::ForceRemove => "rm -f",
+            Op::Snapshot => "snapshot",
+            Op::SnapshotDisk => "snapshot the disk of",
+            Op::Fork | Op::ForkFromRunning => "fork",
+            Op::Promote => "make a template of",
+            Op::RestoreSnapshot | Op::RestoreDiskSnapshot => "restore a snapshot into",
         }
     }
 }
@@ -96,6 +118,17 @@ fn hint(op: Op, state: State) -> &'static str {
         (Op::Exec, State::Stopped | State::Created | State::Error) => " (start it first)",
         (Op::Exec, State::Standby) => " (restore it first)",
         (Op::Exec, State::Paused) => " (resume it first)",
+        (Op::Snapshot, State::Stopped | State::Error) => {
+            " (it has no memory: use --kind stopped to snapshot its disk)"
+        }
+        (Op::Fork, State::Running | State::Paused) => {
+            " (pass --from-running to pause it briefly and fork it, or put it in standby first)"
+        }
+        (Op::Fork | Op::ForkFromRunning, _) => {
+            " (fork a standby or running instance, a snapshot or a template)"
+        }
+        (Op::Promote, _) => " (only a standby instance can become a template)",
+        (Op::RestoreSnapshot | Op::RestoreDiskSnapshot, s) if s.has_process() => " (stop it first)",
         _ => "",
     }
 }
@@ -114,6 +147,13 @@ pub fn check(state: State, op: Op) -> Result<Option<State>, IllegalTransition> {
         (Op::Exec, Running) => Some(Running),
         (Op::Remove, Created | Stopped | Standby | Error) => None,
         (Op::ForceRemove, _) => None,
+        (Op::Snapshot, Running | Paused | Standby) => Some(state),
+        (Op::SnapshotDisk, Running | Paused | Standby | Stopped | Error) => Some(state),
+        (Op::Fork, Standby) => Some(Standby),
+        (Op::ForkFromRunning, Running | Paused | Standby) => Some(state),
+        (Op::Promote, Standby) => None,
+        (Op::RestoreSnapshot, Stopped | Standby | Error) => Some(Standby),
+        (Op::RestoreDiskSnapshot, Stopped | Standby | Error) => Some(Stopped),
         _ => return Err(IllegalTransition { op, state }),
     };
     Ok(next)
@@ -131,7 +171,7 @@ mod tests {
         State::Stopped,
         State::Error,
     ];
-    const ALL_OPS: [Op; 9] = [
+    const ALL_OPS: [Op; 16] = [
         Op::Start,
         Op::Stop,
         Op::Pause,
@@ -141,14 +181,22 @@ mod tests {
         Op::Exec,
         Op::Remove,
         Op::ForceRemove,
+        Op::Snapshot,
+        Op::SnapshotDisk,
+        Op::Fork,
+        Op::ForkFromRunning,
+        Op::Promote,
+        Op::RestoreSnapshot,
+        Op::RestoreDiskSnapshot,
     ];
 
     #[test]
-    fn no_op_ever_leads_to_created_or_error() {
+    fn no_op_ever_moves_an_instance_into_created_or_error() {
         for s in ALL_STATES {
             for op in ALL_OPS {
                 if let Ok(Some(next)) = check(s, op) {
-                    assert!(next != State::Created && next != State::Error, "{s} {op:?}");
+                    let into_bad = next != s && matches!(next, State::Created | State::Error);
+                    assert!(!into_bad, "{s} {op:?}");
                 }
             }
         }
@@ -182,6 +230,76 @@ mod tests {
     #[test]
     fn stopping_a_stopped_instance_is_refused() {
         assert!(check(State::Stopped, Op::Stop).is_err());
+    }
+
+    #[test]
+    fn reading_ops_leave_the_state_as_it_is() {
+        for s in ALL_STATES {
+            for op in [
+                Op::Snapshot,
+                Op::SnapshotDisk,
+                Op::Fork,
+                Op::ForkFromRunning,
+            ] {
+                if let Ok(next) = check(s, op) {
+                    assert_eq!(next, Some(s), "{s} {op:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nothing_is_snapshotted_or_forked_while_it_is_being_created() {
+        for op in [
+            Op::Snapshot,
+            Op::SnapshotDisk,
+            Op::Fork,
+            Op::ForkFromRunning,
+        ] {
+            assert!(check(State::Created, op).is_err(), "{op:?}");
+        }
+    }
+
+    #[test]
+    fn forking_a_running_instance_needs_from_running_and_says_so() {
+        let err = check(State::Running, Op::Fork).unwrap_err();
+
+        assert!(err.to_string().contains("pass --from-running"), "{err}");
+        assert_eq!(
+            check(State::Running, Op::ForkFromRunning),
+            Ok(Some(State::Running))
+        );
+    }
+
+    #[test]
+    fn a_stopped_instance_has_only_its_disk_to_snapshot() {
+        let err = check(State::Stopped, Op::Snapshot).unwrap_err();
+
+        assert!(err.to_string().contains("--kind stopped"), "{err}");
+        assert_eq!(
+            check(State::Stopped, Op::SnapshotDisk),
+            Ok(Some(State::Stopped))
+        );
+    }
+
+    #[test]
+    fn only_a_standby_instance_becomes_a_template() {
+        let legal: Vec<State> = ALL_STATES
+            .into_iter()
+            .filter(|s| check(*s, Op::Promote).is_ok())
+            .collect();
+        assert_eq!(legal, vec![State::Standby]);
+    }
+
+    #[test]
+    fn a_snapshot_is_restored_only_into_an_instance_without_a_vm() {
+        for op in [Op::RestoreSnapshot, Op::RestoreDiskSnapshot] {
+            let legal: Vec<State> = ALL_STATES
+                .into_iter()
+                .filter(|s| check(*s, op).is_ok())
+                .collect();
+            assert_eq!(legal, vec![State::Standby, State::Stopped, State::Error]);
+        }
     }
 
     #[test]

@@ -17,7 +17,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use rustix::process::{kill_process, Pid, Signal};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
@@ -25,7 +24,7 @@ pub use cmdline::{AGENT_PORT_NAME, AGENT_SOCKET, CONSOLE_LOG, PID_FILE, QEMU_LOG
 use qmp::Qmp;
 
 use crate::{
-    process_alive, wait_exit, Boot, HvError, Hypervisor, MemoryMapping, RamSave, SaveReport,
+    kill, process_alive, wait_exit, Boot, HvError, Hypervisor, MemoryMapping, RamSave, SaveReport,
     VmEndpoints, VmProcess, VmSpec,
 };
 
@@ -296,18 +295,6 @@ fn read_from(path: &Path, from: u64) -> String {
     let tail = &bytes[(from as usize).min(bytes.len())..];
     let text = String::from_utf8_lossy(&tail[tail.len().saturating_sub(4096)..]);
     text.trim().to_string()
-}
-
-/// SIGKILL a process if (and only if) it is still the recorded one.
-pub fn kill(proc: &VmProcess) {
-    if !process_alive(proc) {
-        return;
-    }
-    if let Some(pid) = Pid::from_raw(proc.pid) {
-        if let Err(e) = kill_process(pid, Signal::KILL) {
-            warn!(pid = proc.pid, error = %e, "kill failed");
-        }
-    }
 }
 
 #[async_trait]
