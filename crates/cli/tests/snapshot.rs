@@ -223,6 +223,11 @@ fn fork_of_a_fork_through_snapshots_survives_deleting_everything_before_it() {
     d.ok(&["rm", "-f", "g1"]);
     d.ok(&["fork", "--snapshot", "s1", "--name", "g2"]);
     d.sh("g2", "echo g2 >> /run/l");
+    snap_json(&d, &["create", "g2", "--name", "s2"]);
+    d.ok(&["snapshot", "rm", "s1"]);
+    d.ok(&["rm", "-f", "g2"]);
+    d.ok(&["fork", "--snapshot", "s2", "--name", "g3"]);
+    d.sh("g3", "echo g3 >> /run/l");
 
-    assert_eq!(d.sh("g2", "cat /run/l"), "g0\ng1\ng2\n");
+    assert_eq!(d.sh("g3", "cat /run/l"), "g0\ng1\ng2\ng3\n");
 }
