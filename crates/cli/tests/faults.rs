@@ -1,5 +1,5 @@
 //! The fault matrix: kill -9 of the daemon and of QEMU at chosen points of
-//! run, standby, restore, snapshot and fork (test-only failpoints, see
+//! run, standby, restore, snapshot, compression and fork (test-only failpoints, see
 //! `manager/src/failpoint.rs`; more in failures.rs).
 //!
 //! | operation | point (where) | kill -9 of | outcome checked |
@@ -7,11 +7,19 @@
 //! | run | `vm-started` (QEMU up, unrecorded) | daemon | no instance, no VM |
 //! | run | `boot-ready` (guest ready, uncommitted) | daemon | no instance, no VM |
 //! | standby | `standby-saved` (state saved, QEMU alive) | QEMU | standby completes; restore continues the guest |
+//! | standby (a fork: RAM into the state) | `state-saving` (save under way) | daemon | VM resumed, guest continues; standby works again |
+//! | standby (a fork) | `state-saving` | QEMU | standby fails; error with a reason; source untouched; start boots |
+//! | standby | `state-saving` | daemon, then QEMU | error with a reason, no state file; start boots |
 //! | restore | `vm-started` (state loaded, resumed, unrecorded) | daemon | VM adopted as running, guest continues |
 //! | restore | `boot-ready` | daemon | running, guest continues |
 //! | restore | `vm-started` | QEMU | restore fails; error with a reason; start boots, disk intact |
 //! | snapshot | `capture-paused` (source paused, state saved) | daemon | source resumed, no snapshot |
 //! | snapshot | `capture-paused` | QEMU | snapshot fails, none made; source error; start boots |
+//! | snapshot (a running fork: RAM into the state) | `state-saving` | daemon | none made; source resumed, guest continues; snapshot works again |
+//! | snapshot (standby source) | `snapshot-captured` (memory linked into staging) | daemon | none made; source's inode back to one link, files unchanged; restore continues |
+//! | snapshot `--kind stopped` | `capture-paused` (source paused, disk copy) | daemon | source resumed, none made |
+//! | compression | `compress-writing` (half done) | daemon | compression none, raw file kept; fork and restore work |
+//! | compression | `compress-done` (`memory.zst` durable) | daemon | compressed, raw file dropped; restore and fork decompress |
 //! | fork (standby source) | `vm-started` of the fork | QEMU | fork fails, none left; source files untouched |
 //! | fork (standby source) | `fork-name` (files not yet copied) | — (a restore of the source meanwhile) | the restore waits; fork and source both intact |
 //! | fork (running source) | `capture-paused` | daemon | source resumed, no fork, no staging |
@@ -30,8 +38,8 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_failpoints, counter, dir_of, inode, is_qemu, kill9, names, pid_alive, qemu_processes,
-    sha256, Daemon,
+    assert_counts_on, assert_failpoints, dir_of, inode, is_qemu, kill9, names, pid_alive,
+    qemu_processes, sha256, Daemon,
 };
 
 /// Generous bound for waits that only end early when something hangs.
@@ -86,7 +94,12 @@ fn finish(cmd: Child) -> (bool, String) {
 
 /// kill -9 the QEMU of `name` (recorded or not: its pid file) and wait until it is gone.
 fn kill_vm(d: &Daemon, name: &str) {
-    let pid_file = dir_of(d, name).join("qemu.pid");
+    kill_vm_in(&dir_of(d, name), name);
+}
+
+/// kill -9 the QEMU running in `dir` (also while the daemon is down).
+fn kill_vm_in(dir: &Path, name: &str) {
+    let pid_file = dir.join("qemu.pid");
     let pid: i32 = std::fs::read_to_string(pid_file)
         .unwrap()
         .trim()
@@ -98,19 +111,6 @@ fn kill_vm(d: &Daemon, name: &str) {
     while pid_alive(pid) {
         assert!(Instant::now() < deadline, "QEMU {pid} survived kill -9");
         std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// The guest's counter process moves on.
-fn assert_counts_on(d: &Daemon, name: &str) {
-    let before = counter(d, name);
-    let deadline = Instant::now() + HANG;
-    while counter(d, name) <= before {
-        assert!(
-            Instant::now() < deadline,
-            "{name}'s counter stopped at {before}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -194,6 +194,21 @@ fn running_vm(d: &Daemon, name: &str) -> String {
     common::start_counter(d, name)
 }
 
+/// A fork `kid` of a parked `src`, with src's counter process and
+/// 64 MiB of random data in RAM. Its mapping is private, so a standby
+/// writes its RAM into the device state: a save that takes a while.
+/// Returns the counter's pid and the data's checksum.
+fn forked_vm(d: &Daemon) -> (String, String) {
+    let pid = running_vm(d, "src");
+    d.ok(&["standby", "src"]);
+    d.ok(&["fork", "src", "--name", "kid"]);
+    let sum = d.sh(
+        "kid",
+        "dd if=/dev/urandom of=/run/big bs=1M count=64 2>/dev/null && md5sum < /run/big",
+    );
+    (pid, sum)
+}
+
 #[test]
 fn run_daemon_killed_after_qemu_started_leaves_no_instance_and_no_vm() {
     assert_failpoints();
@@ -245,6 +260,75 @@ fn standby_with_qemu_killed_after_the_save_completes_and_the_guest_continues() {
     assert_counts_on(&d, "v");
     assert_eq!(d.sh("v", "cat /run/counter.pid").trim(), pid);
     assert_eq!(d.sh("v", "cat /root/before"), "kept\n");
+}
+
+#[test]
+fn standby_daemon_killed_while_the_ram_is_saved_resumes_the_vm() {
+    assert_failpoints();
+    let mut d = Daemon::start();
+    let (pid, sum) = forked_vm(&d);
+    arm(&mut d, "state-saving=crash:kid");
+
+    let _ = d.tine(&["standby", "kid"]);
+    d.wait_daemon_exit();
+    d.restart_with_env(&[]);
+
+    assert_eq!(d.state("kid"), "running");
+    assert_consistent(&d);
+    assert_counts_on(&d, "kid");
+    assert_eq!(d.sh("kid", "cat /run/counter.pid").trim(), pid);
+    d.ok(&["standby", "kid"]);
+    d.ok(&["restore", "kid"]);
+    assert_counts_on(&d, "kid");
+    assert_eq!(d.sh("kid", "md5sum < /run/big"), sum);
+}
+
+#[test]
+fn standby_with_qemu_killed_while_the_ram_is_saved_fails_into_error_and_start_boots_again() {
+    assert_failpoints();
+    let mut d = Daemon::start();
+    forked_vm(&d);
+    let src_memory = sha256(&dir_of(&d, "src").join("memory"));
+    arm(&mut d, "state-saving=pause:kid");
+
+    let mut cmd = background(&d, &["standby", "kid"]);
+    wait_paused(&d, "state-saving", &mut cmd);
+    kill_vm(&d, "kid");
+    release(&d, "state-saving");
+    let (ok, err) = finish(cmd);
+
+    assert!(!ok);
+    assert!(err.contains("exited while its state was saved"), "{err}");
+    d.wait_state("kid", "error", HANG);
+    assert_consistent(&d);
+    assert_eq!(sha256(&dir_of(&d, "src").join("memory")), src_memory);
+    d.restart_with_env(&[]);
+    d.ok(&["start", "kid"]);
+    assert_eq!(d.sh("kid", "cat /root/before"), "kept\n");
+    assert_consistent(&d);
+}
+
+#[test]
+fn standby_with_daemon_and_qemu_killed_mid_save_reports_error_and_start_boots_again() {
+    assert_failpoints();
+    let mut d = Daemon::start();
+    running_vm(&d, "v");
+    let dir = dir_of(&d, "v");
+    arm(&mut d, "state-saving=crash:v");
+
+    let _ = d.tine(&["standby", "v"]);
+    d.wait_daemon_exit();
+    kill_vm_in(&dir, "v");
+    d.restart_with_env(&[]);
+
+    let info = d.inspect("v");
+    assert_eq!(info["state"], "error");
+    let reason = info["error"].as_str().unwrap();
+    assert!(reason.contains("exited during a standby"), "{reason}");
+    assert_consistent(&d);
+    d.ok(&["start", "v"]);
+    assert_eq!(d.sh("v", "cat /root/before"), "kept\n");
+    assert_consistent(&d);
 }
 
 #[test]
@@ -330,6 +414,28 @@ fn snapshot_daemon_killed_while_the_source_is_paused_resumes_it() {
 }
 
 #[test]
+fn snapshot_of_a_fork_daemon_killed_while_its_ram_is_saved_resumes_it() {
+    assert_failpoints();
+    let mut d = Daemon::start();
+    let (pid, sum) = forked_vm(&d);
+    arm(&mut d, "state-saving=crash:kid");
+
+    let _ = d.tine(&["snapshot", "create", "kid", "--name", "snap"]);
+    d.wait_daemon_exit();
+    d.restart_with_env(&[]);
+
+    assert_eq!(d.json(&["snapshot", "ls"]).as_array().unwrap().len(), 0);
+    assert_eq!(entries(&d.data_dir.join("snapshots")).len(), 0);
+    assert_eq!(d.state("kid"), "running");
+    assert_consistent(&d);
+    assert_counts_on(&d, "kid");
+    assert_eq!(d.sh("kid", "cat /run/counter.pid").trim(), pid);
+    d.ok(&["snapshot", "create", "kid", "--name", "snap"]);
+    d.ok(&["fork", "--snapshot", "snap", "--name", "kid2"]);
+    assert_eq!(d.sh("kid2", "md5sum < /run/big"), sum);
+}
+
+#[test]
 fn snapshot_with_qemu_killed_while_paused_makes_none_and_the_source_reports_error() {
     assert_failpoints();
     let mut d = Daemon::start();
@@ -350,6 +456,142 @@ fn snapshot_with_qemu_killed_while_paused_makes_none_and_the_source_reports_erro
     d.restart_with_env(&[]);
     d.ok(&["start", "src"]);
     assert_eq!(d.sh("src", "cat /root/before"), "kept\n");
+}
+
+#[test]
+fn snapshot_of_a_standby_source_daemon_killed_with_its_memory_linked_makes_none() {
+    assert_failpoints();
+    let mut d = Daemon::start();
+    let pid = running_vm(&d, "src");
+    d.ok(&["standby", "src"]);
+    let dir = dir_of(&d, "src");
+    let (memory, state) = (inode(&dir.join("memory")), sha256(&dir.join("vmstate")));
+    let memory_sum = sha256(&dir.join("memory"));
+    arm(&mut d, "snapshot-captured=crash:snap");
+
+    let _ = d.tine(&["snapshot", "create", "src", "--name", "snap"]);
+    d.wait_daemon_exit();
+    assert_eq!(
+        inode(&dir.join("memory")).1,
+        2,
+        "the crash came with the link made"
+    );
+    d.restart_with_env(&[]);
+
+    assert_eq!(d.json(&["snapshot", "ls"]).as_array().unwrap().len(), 0);
+    assert_eq!(entries(&d.data_dir.join("snapshots")).len(), 0);
+    assert_eq!(
+        inode(&dir.join("memory")),
+        memory,
+        "same inode, one link again"
+    );
+    assert_eq!(sha256(&dir.join("memory")), memory_sum);
+    assert_eq!(sha256(&dir.join("vmstate")), state);
+    assert_eq!(d.state("src"), "standby");
+    assert_consistent(&d);
+    d.ok(&["restore", "src"]);
+    assert_counts_on(&d, "src");
+    assert_eq!(d.sh("src", "cat /run/counter.pid").trim(), pid);
+}
+
+#[test]
+fn stopped_snapshot_daemon_killed_while_the_source_is_paused_resumes_it() {
+    assert_failpoints();
+    let mut d = Daemon::start();
+    let pid = running_vm(&d, "src");
+    arm(&mut d, "capture-paused=crash:src");
+
+    let _ = d.tine(&[
+        "snapshot", "create", "src", "--name", "cold", "--kind", "stopped",
+    ]);
+    d.wait_daemon_exit();
+    d.restart_with_env(&[]);
+
+    assert_eq!(d.json(&["snapshot", "ls"]).as_array().unwrap().len(), 0);
+    assert_eq!(entries(&d.data_dir.join("snapshots")).len(), 0);
+    assert_eq!(d.state("src"), "running");
+    assert_consistent(&d);
+    assert_counts_on(&d, "src");
+    assert_eq!(d.sh("src", "cat /run/counter.pid").trim(), pid);
+    d.ok(&[
+        "snapshot", "create", "src", "--name", "cold", "--kind", "stopped",
+    ]);
+}
+
+/// A snapshot `zs` of a parked `z` (with `/run/m` in RAM) whose zstd
+/// compression crashes the daemon at `point`; the daemon is restarted.
+/// Returns the snapshot's directory.
+fn compression_crash(d: &mut Daemon, point: &str) -> PathBuf {
+    d.ok(&["run", "--name", "z"]);
+    d.sh("z", "echo zdata > /run/m");
+    d.ok(&["standby", "z"]);
+    arm(d, &format!("{point}=crash"));
+
+    let _ = d.tine(&[
+        "snapshot",
+        "create",
+        "z",
+        "--name",
+        "zs",
+        "--compress",
+        "zstd:3",
+    ]);
+    d.wait_daemon_exit();
+    let dirs = entries(&d.data_dir.join("snapshots"));
+    assert_eq!(dirs.len(), 1, "the snapshot was stored before compressing");
+    let record = std::fs::read_to_string(dirs[0].join("snapshot.json")).unwrap();
+    assert!(record.contains("\"compressing\""), "{record}");
+    d.restart_with_env(&[]);
+    dirs[0].clone()
+}
+
+#[test]
+fn compression_daemon_killed_midway_leaves_the_snapshot_uncompressed_and_usable() {
+    assert_failpoints();
+    let mut d = Daemon::start();
+
+    let dir = compression_crash(&mut d, "compress-writing");
+
+    let info = d.json(&["snapshot", "inspect", "zs"]);
+    assert_eq!(info["compression"]["state"], "none", "{info:#}");
+    let mut files: Vec<_> = entries(&dir)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        ["memory", "overlay.qcow2", "snapshot.json", "vmstate"]
+    );
+    d.ok(&["fork", "--snapshot", "zs", "--name", "zf"]);
+    assert_eq!(d.sh("zf", "cat /run/m"), "zdata\n");
+    d.ok(&["snapshot", "restore", "zs", "--into", "zr"]);
+    d.ok(&["start", "zr"]);
+    assert_eq!(d.sh("zr", "cat /run/m"), "zdata\n");
+    assert_consistent(&d);
+}
+
+#[test]
+fn compression_daemon_killed_after_the_compressed_file_is_durable_completes_it() {
+    assert_failpoints();
+    let mut d = Daemon::start();
+
+    let dir = compression_crash(&mut d, "compress-done");
+
+    let info = d.json(&["snapshot", "inspect", "zs"]);
+    let c = &info["compression"];
+    assert_eq!(c["state"], "compressed", "{info:#}");
+    assert!(c["compressed_bytes"].as_u64().unwrap() < c["raw_bytes"].as_u64().unwrap());
+    assert!(
+        !dir.join("memory").exists(),
+        "only the compressed file is kept"
+    );
+    d.ok(&["snapshot", "restore", "zs", "--into", "zr"]);
+    d.ok(&["start", "zr"]);
+    assert_eq!(d.sh("zr", "cat /run/m"), "zdata\n");
+    d.ok(&["fork", "--snapshot", "zs", "--name", "zf"]);
+    assert_eq!(d.sh("zf", "cat /run/m"), "zdata\n");
+    assert_consistent(&d);
 }
 
 #[test]

@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::{dir_of, inode, sha256, Daemon};
+use std::path::PathBuf;
+
+use common::{assert_counts_on, dir_of, inode, sha256, start_counter, Daemon};
 
 fn snap_json(d: &Daemon, args: &[&str]) -> serde_json::Value {
     let mut a = vec!["snapshot"];
@@ -26,6 +28,87 @@ fn snapshot_survives_its_source_and_restores_into_a_new_instance() {
     d.ok(&["start", "back"]);
 
     assert_eq!(d.sh("back", "cat /run/m /root/d"), "in-memory\non-disk\n");
+}
+
+#[test]
+fn snapshot_restored_into_an_existing_instance_replaces_its_memory_and_disk() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "a"]);
+    let pid = start_counter(&d, "a");
+    d.sh("a", "echo snap > /run/m; echo snap > /root/d; sync");
+    let info = snap_json(&d, &["create", "a", "--name", "s"]);
+    let snap_memory = PathBuf::from(info["dir"].as_str().unwrap()).join("memory");
+    let snap_sum = sha256(&snap_memory);
+    d.sh(
+        "a",
+        "echo later > /run/m; echo later > /root/d; echo new > /root/new; sync",
+    );
+
+    let err = d.fails(&["snapshot", "restore", "s", "--into", "a"]);
+    assert!(
+        err.contains("cannot restore an instance that is running"),
+        "{err}"
+    );
+    assert_eq!(
+        d.sh("a", "cat /run/m"),
+        "later\n",
+        "a running instance is left alone"
+    );
+    d.ok(&["standby", "a"]);
+    d.ok(&["snapshot", "restore", "s", "--into", "a"]);
+    assert_eq!(d.state("a"), "standby");
+    d.ok(&["start", "a"]);
+
+    assert_eq!(d.sh("a", "cat /run/m /root/d"), "snap\nsnap\n");
+    assert_eq!(
+        d.sh("a", "test -e /root/new && echo kept || echo gone"),
+        "gone\n"
+    );
+    assert_eq!(d.sh("a", "cat /run/counter.pid").trim(), pid);
+    assert_counts_on(&d, "a");
+    d.sh(
+        "a",
+        "dd if=/dev/urandom of=/run/x bs=1M count=8 2>/dev/null",
+    );
+    assert_eq!(
+        sha256(&snap_memory),
+        snap_sum,
+        "the snapshot's memory file is not written"
+    );
+}
+
+#[test]
+fn stopped_snapshot_keeps_only_the_disk_and_boots_fresh_when_forked_or_restored() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "cold"]);
+    d.sh(
+        "cold",
+        "echo in-memory > /run/m; echo on-disk > /root/d; sync",
+    );
+
+    let info = snap_json(&d, &["create", "cold", "--name", "cs", "--kind", "stopped"]);
+
+    assert_eq!(info["kind"], "stopped");
+    assert_eq!(d.state("cold"), "running");
+    let mut files: Vec<_> = std::fs::read_dir(info["dir"].as_str().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["overlay.qcow2", "snapshot.json"]);
+    d.ok(&["snapshot", "restore", "cs", "--into", "back"]);
+    assert_eq!(d.state("back"), "stopped");
+    d.ok(&["start", "back"]);
+    d.ok(&["fork", "--snapshot", "cs", "--name", "kid"]);
+    for name in ["back", "kid"] {
+        assert_eq!(d.sh(name, "cat /root/d"), "on-disk\n", "{name}");
+        assert_eq!(
+            d.sh(name, "test -e /run/m && echo kept || echo gone"),
+            "gone\n",
+            "{name} booted fresh"
+        );
+    }
+    assert_eq!(d.sh("cold", "cat /run/m"), "in-memory\n");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{counter, start_counter, Daemon};
+use common::{assert_counts_on, counter, start_counter, Daemon};
 
 #[test]
 fn standby_and_restore_three_times_keeps_process_memory_and_disk() {
@@ -22,6 +22,7 @@ fn standby_and_restore_three_times_keeps_process_memory_and_disk() {
         assert_eq!(d.state("sb"), "running");
         let after = counter(&d, "sb");
         assert!(after >= before, "counter went back: {before} -> {after}");
+        assert_counts_on(&d, "sb");
         assert_eq!(d.sh("sb", "cat /run/counter.pid").trim(), pid);
         assert!(d
             .sh("sb", &format!("kill -0 {pid} && echo alive"))

@@ -183,13 +183,21 @@ pub trait Hypervisor: Send + Sync {
     /// Pause the VM and write its device state to `state_file`, with RAM
     /// where `ram` says. The VM stays paused. The backend creates
     /// `state_file` and hands the VM process an open descriptor: the VM
-    /// itself cannot create files.
+    /// itself cannot create files. `saving` is called once the write is
+    /// under way and before it is seen complete (tests inject faults
+    /// there: a crash of either process mid-save).
     async fn save_state(
         &self,
         run_dir: &Path,
         state_file: &Path,
         ram: RamSave,
+        saving: &(dyn Fn() + Sync),
     ) -> Result<SaveReport, HvError>;
+
+    /// End a device-state save still under way (one whose caller failed
+    /// or crashed) and wait until QEMU has: the VM can then be resumed
+    /// and saved again. A VM that is not saving is left as it is.
+    async fn cancel_save(&self, run_dir: &Path) -> Result<(), HvError>;
 
     /// Ask the process to exit (flushing disks), then kill it if it has not
     /// exited within `grace`.

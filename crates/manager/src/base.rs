@@ -74,8 +74,13 @@ impl Manager {
                     // QEMU flushes the disk when it stops the vCPUs.
                     self.hv.pause(&slot.dir).await?;
                 }
-                let copied =
-                    blocking(move || copy_one(&src.join(ROOT_DISK), &dest.join(ROOT_DISK))).await;
+                let copied = match crate::failpoint::hit("capture-paused", &rec.name) {
+                    Ok(()) => {
+                        blocking(move || copy_one(&src.join(ROOT_DISK), &dest.join(ROOT_DISK)))
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
                 if was_running {
                     self.hv.resume(&slot.dir).await?;
                 }
@@ -142,9 +147,15 @@ impl Manager {
         let t0 = Instant::now();
         // x-ignore-shared either way: loads use the same capability (a
         // privately mapped source's RAM is not "shared", so it is saved).
+        let saving = || crate::failpoint::reach("state-saving", &rec.name);
         let saved = self
             .hv
-            .save_state(&slot.dir, &dest.join(STATE_FILE), RamSave::InMemoryFile)
+            .save_state(
+                &slot.dir,
+                &dest.join(STATE_FILE),
+                RamSave::InMemoryFile,
+                &saving,
+            )
             .await;
         let saved = saved
             .map_err(ManagerError::from)

@@ -57,6 +57,12 @@ fn pause(name: &str, detail: &str) {
     });
 }
 
+/// `hit` at a point that cannot fail the operation: only `crash` and
+/// `pause` act there.
+pub(crate) fn reach(name: &str, detail: &str) {
+    let _ = hit(name, detail);
+}
+
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
 pub(crate) fn hit(_name: &str, _detail: &str) -> Result<(), ManagerError> {

@@ -4,6 +4,9 @@
 //! - Running/Paused with its process alive: re-attached and watched.
 //! - Running/Paused with its process gone: Error ("exited while the daemon
 //!   was down").
+//! - A standby that never finished (`pending_standby`): with QEMU alive,
+//!   a save still under way is cancelled and the VM resumes; with QEMU
+//!   gone, the standby completes if `vmstate` is durable, else Error.
 //! - Created: a `run` that never finished; removed entirely (a crash leaves
 //!   nothing half-made), killing its process if one was recorded.
 //! - A VM process the record does not name (a crash between starting QEMU
@@ -219,7 +222,11 @@ async fn match_vcpus(mgr: &Arc<Manager>, slot: &Slot) {
     }
     warn!(name = rec.name, state = %rec.state, "the VM's vCPUs disagree with its record (a crash mid-operation); fixing");
     let fixed = if want {
-        mgr.hv.resume(&slot.dir).await
+        // A capture's save a crash left under way would stop it again.
+        match mgr.hv.cancel_save(&slot.dir).await {
+            Ok(()) => mgr.hv.resume(&slot.dir).await,
+            Err(e) => Err(e),
+        }
     } else {
         mgr.hv.pause(&slot.dir).await
     };

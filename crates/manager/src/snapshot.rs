@@ -435,6 +435,7 @@ impl Manager {
                     .await;
             let outcome = match res {
                 Ok(Ok(bytes)) => {
+                    crate::failpoint::reach("compress-done", &s.record().name);
                     // Compressed copy is durable: drop our link to the raw file.
                     let _ = std::fs::remove_file(s.dir.join(MEMORY_FILE));
                     Ok(bytes)
@@ -586,12 +587,16 @@ pub(crate) fn load_store(dir: &Path) -> Result<HashMap<String, Arc<SnapSlot>>, M
         };
         crate::recover::sweep_temp(&path);
         if rec.compression.state == CompressState::Compressing {
-            rec.compression.state = if path.join(MEMORY_ZST).exists() {
-                let _ = std::fs::remove_file(path.join(MEMORY_FILE));
-                CompressState::Compressed
-            } else {
-                CompressState::None
-            };
+            // `memory.zst` appears complete or not at all (renamed from a
+            // temp file, swept above).
+            match std::fs::metadata(path.join(MEMORY_ZST)) {
+                Ok(zst) => {
+                    let _ = std::fs::remove_file(path.join(MEMORY_FILE));
+                    rec.compression.state = CompressState::Compressed;
+                    rec.compression.compressed_bytes = Some(zst.len());
+                }
+                Err(_) => rec.compression.state = CompressState::None,
+            }
             save(&path, &rec)?;
         }
         let slot = Arc::new(SnapSlot::new(path, rec));

@@ -63,7 +63,8 @@ impl Manager {
         };
         let tmp = slot.dir.join(STATE_TMP);
         let saved = async {
-            let report = self.hv.save_state(&slot.dir, &tmp, ram).await?;
+            let saving = || crate::failpoint::reach("state-saving", &rec.name);
+            let report = self.hv.save_state(&slot.dir, &tmp, ram, &saving).await?;
             crate::failpoint::hit("standby-saved", &rec.name)?;
             sync_file(&tmp)?;
             std::fs::rename(&tmp, slot.dir.join(STATE_FILE))
@@ -77,6 +78,14 @@ impl Manager {
             Err(e) => {
                 // Disk full, QEMU error…: the VM is paused at worst; let it run on.
                 self.undo_standby(slot, rec.state).await;
+                if !tine_hypervisor::process_alive(&proc) {
+                    // What QEMU's end did to the save (a reset socket…) says less.
+                    tracing::warn!(name = rec.name, error = %crate::error::chain(&e), "state save failed");
+                    return Err(ManagerError::Failed(format!(
+                        "the VM process of {} exited while its state was saved",
+                        rec.name
+                    )));
+                }
                 return Err(e);
             }
         };
@@ -99,8 +108,12 @@ impl Manager {
     }
 
     /// A standby that failed before QEMU stopped: drop the saved state and
-    /// let the VM continue in the state it was in.
+    /// let the VM continue in the state it was in. A save a daemon crash
+    /// left under way is cancelled first.
     pub(crate) async fn undo_standby(&self, slot: &Slot, was: State) {
+        if let Err(e) = self.hv.cancel_save(&slot.dir).await {
+            tracing::warn!(error = %crate::error::chain(&e), "could not cancel the state save of a failed standby");
+        }
         let _ = std::fs::remove_file(slot.dir.join(STATE_TMP));
         let _ = std::fs::remove_file(slot.dir.join(STATE_FILE));
         if was == State::Running {

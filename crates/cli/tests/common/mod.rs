@@ -330,6 +330,20 @@ pub fn counter(d: &Daemon, name: &str) -> u64 {
     d.sh(name, "cat /run/counter").trim().parse().unwrap()
 }
 
+/// The guest's counter process (`start_counter`) moves on. The bound only
+/// ends a test whose guest hangs.
+pub fn assert_counts_on(d: &Daemon, name: &str) {
+    let before = counter(d, name);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while counter(d, name) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "{name}'s counter stopped at {before}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn sha256(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
     String::from_utf8(out.stdout)

@@ -391,6 +391,7 @@ impl Hypervisor for Qemu {
         run_dir: &Path,
         state_file: &Path,
         ram: RamSave,
+        saving: &(dyn Fn() + Sync),
     ) -> Result<SaveReport, HvError> {
         let mut q = Self::qmp(run_dir).await?;
         let t0 = Instant::now();
@@ -411,6 +412,7 @@ impl Hypervisor for Qemu {
         drop(file);
         let uri = format!("fd:{STATE_FD}");
         q.execute("migrate", Some(json!({ "uri": uri }))).await?;
+        saving();
         wait_migration(&mut q, "device state save").await?;
         let save_ms = t1.elapsed().as_secs_f64() * 1e3;
         let state_bytes = std::fs::metadata(state_file).map(|m| m.len()).unwrap_or(0);
@@ -419,6 +421,30 @@ impl Hypervisor for Qemu {
             pause_ms,
             save_ms,
         })
+    }
+
+    async fn cancel_save(&self, run_dir: &Path) -> Result<(), HvError> {
+        let mut q = Self::qmp(run_dir).await?;
+        let start = Instant::now();
+        let mut asked = false;
+        loop {
+            let info = q.execute("query-migrate", None).await?;
+            match info.get("status").and_then(|s| s.as_str()) {
+                // Completed: the VM is in "postmigrate", which `cont` leaves.
+                None | Some("none" | "completed" | "failed" | "cancelled") => return Ok(()),
+                // Resumed while still saving, QEMU would stop the vCPUs
+                // again when the save completes.
+                _ if !asked => {
+                    q.execute("migrate_cancel", None).await?;
+                    asked = true;
+                }
+                _ => {}
+            }
+            if start.elapsed() > MIGRATE_TIMEOUT {
+                return Err(HvError::Timeout(MIGRATE_TIMEOUT, "a save to be cancelled"));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     fn find_process(&self, run_dir: &Path) -> Option<VmProcess> {
