@@ -46,7 +46,7 @@ fn snapshot_restored_into_an_existing_instance_replaces_its_memory_and_disk() {
 
     let err = d.fails(&["snapshot", "restore", "s", "--into", "a"]);
     assert!(
-        err.contains("cannot restore an instance that is running"),
+        err.contains("cannot restore a snapshot into an instance that is running"),
         "{err}"
     );
     assert_eq!(
