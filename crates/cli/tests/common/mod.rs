@@ -397,6 +397,25 @@ pub fn assert_failpoints() {
     );
 }
 
+/// Wait until the (only) warm pool has `want` entries ready; returns its
+/// `pool ls` entry.
+pub fn wait_pool_ready(d: &Daemon, want: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let pools = d.json(&["pool", "ls"]);
+        let p = pools[0].clone();
+        if p["ready"].as_u64() == Some(want) {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pool never filled: {pools:#}\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A fork outcome's phases are all there, non-negative, add up to its
 /// `ready_ms`, and say whether a warm pool entry made it.
 pub fn assert_phases_add_up(fork: &Value, pooled: bool) {
