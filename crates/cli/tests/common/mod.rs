@@ -61,7 +61,10 @@ impl Daemon {
     }
 
     /// A daemon with extra `serve` arguments and environment, on `dir` or
-    /// a temporary data directory.
+    /// a temporary data directory. It runs in the host's network namespace,
+    /// so it gets `--network none` unless `serve_args` name a `--network`:
+    /// tests not about networking touch no bridge, address or forwarding
+    /// setting of the host (networking tests use `start_in_netns`).
     pub fn start_with(dir: Option<&Path>, serve_args: &[&str], env: &[(&str, &str)]) -> Daemon {
         // Short base path: QEMU's sockets live under it and sun_path is 108 bytes.
         let tmp = match dir {
@@ -76,7 +79,10 @@ impl Daemon {
         let data_dir = dir
             .map(Path::to_path_buf)
             .unwrap_or_else(|| tmp.as_ref().unwrap().path().to_path_buf());
-        let serve_args = serve_args.iter().map(|s| s.to_string()).collect();
+        let mut serve_args: Vec<String> = serve_args.iter().map(|s| s.to_string()).collect();
+        if !serve_args.iter().any(|a| a == "--network") {
+            serve_args.extend(["--network".into(), "none".into()]);
+        }
         let env = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -93,7 +99,8 @@ impl Daemon {
         d
     }
 
-    /// A daemon in a network namespace of its own, with extra `serve` args.
+    /// A daemon in a network namespace of its own, with networking on
+    /// (unless `serve_args` turn it off) and extra `serve` args.
     pub fn start_in_netns(serve_args: &[&str]) -> Daemon {
         let tmp = tempfile::Builder::new()
             .prefix("tine-t")
