@@ -365,3 +365,35 @@ fn bad_subnets_bridges_and_modes_are_refused_with_clear_errors() {
         "a daemon without networking makes no bridge"
     );
 }
+
+#[test]
+fn a_second_daemon_on_a_bridge_in_use_is_refused_and_one_with_its_own_bridge_runs_beside() {
+    let mut d = Daemon::start_in_netns(&[]);
+    d.ok(&["run", "--name", "a"]);
+    serve_http(&d, "a");
+    let (ip_a, _) = lease(&d, "a");
+
+    let refused = serve_fails(d.netns(), &[]);
+    let beside = Daemon::start_beside(&d, &["--bridge", "tine1", "--subnet", "10.210.0.0/16"]);
+    beside.ok(&["run", "--name", "b"]);
+    serve_http(&beside, "b");
+    let (ip_b, _) = lease(&beside, "b");
+    // The kernel drops a killed daemon's claim: its restart takes the bridge.
+    d.kill_daemon();
+    d.restart();
+
+    let owner = format!(
+        "bridge tine0 is in use by the tine daemon of {} (pid ",
+        d.data_dir.display()
+    );
+    assert!(refused.contains(&owner), "{refused}");
+    assert!(
+        refused.contains("`tine serve --bridge NAME --subnet CIDR`"),
+        "{refused}"
+    );
+    assert_eq!((ip_a.as_str(), ip_b.as_str()), ("10.209.0.2", "10.210.0.2"));
+    assert_eq!(d.netns().http_get(&ip_a, 8080, "/who"), "a\n");
+    assert_eq!(d.netns().http_get(&ip_b, 8080, "/who"), "b\n");
+    d.sh("a", &format!("ping -c 1 -W 5 {GATEWAY}"));
+    beside.sh("b", "ping -c 1 -W 5 10.210.0.1");
+}

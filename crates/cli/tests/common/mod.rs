@@ -10,6 +10,7 @@ pub mod netns;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustix::process::{kill_process, Pid, Signal};
@@ -35,8 +36,9 @@ pub struct Daemon {
     _tmp: Option<tempfile::TempDir>,
     /// Extra `tine serve` arguments.
     serve_args: Vec<String>,
-    /// The namespace the daemon runs in (deleted after the VMs are gone).
-    netns: Option<netns::Netns>,
+    /// The namespace the daemon runs in (deleted after the VMs of every
+    /// daemon in it are gone).
+    netns: Option<Arc<netns::Netns>>,
 }
 
 impl Daemon {
@@ -102,13 +104,23 @@ impl Daemon {
     /// A daemon in a network namespace of its own, with networking on
     /// (unless `serve_args` turn it off) and extra `serve` args.
     pub fn start_in_netns(serve_args: &[&str]) -> Daemon {
+        Daemon::start_in(Arc::new(netns::Netns::new()), serve_args)
+    }
+
+    /// Another daemon, on a data directory of its own, in `other`'s namespace.
+    pub fn start_beside(other: &Daemon, serve_args: &[&str]) -> Daemon {
+        let ns = other.netns.clone().expect("a daemon in a netns");
+        Daemon::start_in(ns, serve_args)
+    }
+
+    fn start_in(netns: Arc<netns::Netns>, serve_args: &[&str]) -> Daemon {
         let tmp = tempfile::Builder::new()
             .prefix("tine-t")
             .tempdir_in("/tmp")
             .unwrap();
         let data_dir = tmp.path().to_path_buf();
         let serve_args = serve_args.iter().map(|s| s.to_string()).collect();
-        let netns = Some(netns::Netns::new());
+        let netns = Some(netns);
         let mut d = Daemon {
             child: None,
             env: vec![],
@@ -124,7 +136,7 @@ impl Daemon {
     /// The daemon's network namespace (`start_in_netns` only).
     pub fn netns(&self) -> &netns::Netns {
         self.netns
-            .as_ref()
+            .as_deref()
             .expect("a daemon started with start_in_netns")
     }
 
@@ -202,6 +214,14 @@ impl Daemon {
     pub fn restart(&mut self) {
         self.stop_daemon();
         self.spawn();
+    }
+
+    /// SIGKILL the daemon (VMs keep running).
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill9(c.id() as i32);
+            c.wait().unwrap();
+        }
     }
 
     pub fn stop_daemon(&mut self) {
