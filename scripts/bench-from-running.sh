@@ -9,6 +9,8 @@
 set -euo pipefail
 MEM=${1:-1G}; N=${2:-5}; FILL=${3:-128}
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# No NICs: the daemon claims no bridge, so benchmarks run beside any daemon.
+export TINE_NETWORK=none
 start_daemon tine-bfr "${DATA_PARENT:-/tmp}"
 median() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.stdin.read().split()]; print(round(statistics.median(v),1))'; }
 

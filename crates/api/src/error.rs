@@ -67,7 +67,9 @@ fn network_status(e: &NetworkError) -> (StatusCode, &'static str) {
         | NetworkError::Overlap { .. }
         | NetworkError::Disabled => (StatusCode::BAD_REQUEST, "invalid_argument"),
         NetworkError::Exhausted { .. } => (StatusCode::SERVICE_UNAVAILABLE, "network_exhausted"),
-        NetworkError::SubnetInUse { .. } => (StatusCode::CONFLICT, "network_in_use"),
+        NetworkError::SubnetInUse { .. } | NetworkError::BridgeInUse { .. } => {
+            (StatusCode::CONFLICT, "network_in_use")
+        }
         NetworkError::Spawn { .. } | NetworkError::Command { .. } | NetworkError::Io { .. } => {
             (StatusCode::INTERNAL_SERVER_ERROR, "network")
         }

@@ -246,6 +246,8 @@ fn tcp_listener_requires_a_token_and_refuses_a_wrong_one_without_leaking() {
             &addr,
             "--token",
             "s3cret",
+            "--network",
+            "none",
             "--data-dir",
         ])
         .arg(dir.path())
@@ -295,6 +297,8 @@ fn missing_qemu_binary_is_named_with_how_to_get_it() {
             "serve",
             "--qemu",
             "/nonexistent/qemu-system-x86_64",
+            "--network",
+            "none",
             "--images-dir",
         ])
         .arg(common::images_dir())

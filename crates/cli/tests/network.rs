@@ -128,7 +128,7 @@ fn forks_of_snapshots_and_templates_and_parked_forks_get_their_own_addresses() {
     let d = Daemon::start_in_netns(&[]);
     d.ok(&["run", "--name", "base"]);
     serve_http(&d, "base");
-    let (base_ip, _) = lease(&d, "base");
+    let (base_ip, base_mac) = lease(&d, "base");
     d.ok(&["standby", "base"]);
     d.ok(&["snapshot", "create", "base", "--name", "snap"]);
     d.ok(&["template", "promote", "base"]);
@@ -146,7 +146,10 @@ fn forks_of_snapshots_and_templates_and_parked_forks_get_their_own_addresses() {
     let (ft_ip, ft_mac) = lease(&d, "ft");
     let (fp_ip, fp_mac) = lease(&d, "fp");
     assert_eq!(HashSet::from([&base_ip, &fs_ip, &ft_ip, &fp_ip]).len(), 4);
-    assert_eq!(HashSet::from([&fs_mac, &ft_mac, &fp_mac]).len(), 3);
+    assert_eq!(
+        HashSet::from([&base_mac, &fs_mac, &ft_mac, &fp_mac]).len(),
+        4
+    );
     for (f, ip, mac) in [
         ("fs", &fs_ip, fs_mac),
         ("ft", &ft_ip, ft_mac),
@@ -156,6 +159,39 @@ fn forks_of_snapshots_and_templates_and_parked_forks_get_their_own_addresses() {
         d.sh(f, &format!("echo {f} > /www/who"));
         assert_eq!(d.netns().http_get(ip, 8080, "/who"), format!("{f}\n"));
     }
+}
+
+#[test]
+fn warm_pool_forks_get_their_own_addresses_distinct_from_the_source_and_each_other() {
+    let d = Daemon::start_in_netns(&[]);
+    d.ok(&["run", "--name", "src"]);
+    serve_http(&d, "src");
+    let (src_ip, src_mac) = lease(&d, "src");
+    d.ok(&["standby", "src"]);
+    d.ok(&["pool", "set", "src", "--size", "2"]);
+    common::wait_pool_ready(&d, 2);
+
+    let report = d.json(&["fork", "src", "--name", "w", "--count", "2"]);
+
+    assert_eq!(report["ok"], 2, "{report:#}");
+    for f in report["forks"].as_array().unwrap() {
+        assert_eq!(f["phases"]["pooled"], true, "claimed from the pool: {f:#}");
+    }
+    let mut ips = HashSet::from([src_ip.clone()]);
+    let mut macs = HashSet::from([src_mac.clone()]);
+    for f in ["w-1", "w-2"] {
+        let (ip, mac) = lease(&d, f);
+        assert!(ips.insert(ip.clone()), "{f} reuses {ip}");
+        assert!(macs.insert(mac.clone()), "{f} reuses {mac}");
+        assert_eq!(guest_eth0(&d, f), (mac, format!("{ip}/16")), "{f}");
+        d.sh(f, &format!("ping -c 1 -W 5 {GATEWAY}"));
+        d.sh(f, &format!("echo {f} > /www/who"));
+        assert_eq!(d.netns().http_get(&ip, 8080, "/who"), format!("{f}\n"));
+    }
+    d.sh("w-1", &format!("ping -c 1 -W 5 {}", lease(&d, "w-2").0));
+    d.ok(&["restore", "src"]);
+    assert_eq!(guest_eth0(&d, "src"), (src_mac, format!("{src_ip}/16")));
+    assert_eq!(d.netns().http_get(&src_ip, 8080, "/who"), "src\n");
 }
 
 #[test]
@@ -328,4 +364,36 @@ fn bad_subnets_bridges_and_modes_are_refused_with_clear_errors() {
         !d.netns().has_link("tine0"),
         "a daemon without networking makes no bridge"
     );
+}
+
+#[test]
+fn a_second_daemon_on_a_bridge_in_use_is_refused_and_one_with_its_own_bridge_runs_beside() {
+    let mut d = Daemon::start_in_netns(&[]);
+    d.ok(&["run", "--name", "a"]);
+    serve_http(&d, "a");
+    let (ip_a, _) = lease(&d, "a");
+
+    let refused = serve_fails(d.netns(), &[]);
+    let beside = Daemon::start_beside(&d, &["--bridge", "tine1", "--subnet", "10.210.0.0/16"]);
+    beside.ok(&["run", "--name", "b"]);
+    serve_http(&beside, "b");
+    let (ip_b, _) = lease(&beside, "b");
+    // The kernel drops a killed daemon's claim: its restart takes the bridge.
+    d.kill_daemon();
+    d.restart();
+
+    let owner = format!(
+        "bridge tine0 is in use by the tine daemon of {} (pid ",
+        d.data_dir.display()
+    );
+    assert!(refused.contains(&owner), "{refused}");
+    assert!(
+        refused.contains("`tine serve --bridge NAME --subnet CIDR`"),
+        "{refused}"
+    );
+    assert_eq!((ip_a.as_str(), ip_b.as_str()), ("10.209.0.2", "10.210.0.2"));
+    assert_eq!(d.netns().http_get(&ip_a, 8080, "/who"), "a\n");
+    assert_eq!(d.netns().http_get(&ip_b, 8080, "/who"), "b\n");
+    d.sh("a", &format!("ping -c 1 -W 5 {GATEWAY}"));
+    beside.sh("b", "ping -c 1 -W 5 10.210.0.1");
 }

@@ -2,26 +2,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::Daemon;
-
-fn wait_ready(d: &Daemon, want: u64) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let pools = d.json(&["pool", "ls"]);
-        let p = pools[0].clone();
-        if p["ready"].as_u64() == Some(want) {
-            return p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pool never filled: {pools:#}\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use common::{wait_pool_ready, Daemon};
 
 #[test]
 fn forks_claim_warm_entries_continue_the_source_and_the_pool_refills() {
@@ -30,7 +11,7 @@ fn forks_claim_warm_entries_continue_the_source_and_the_pool_refills() {
     d.sh("hot", "echo parked > /run/p");
     d.ok(&["standby", "hot"]);
     d.ok(&["pool", "set", "hot", "--size", "2"]);
-    wait_ready(&d, 2);
+    wait_pool_ready(&d, 2);
     assert_eq!(
         d.json(&["ps"]).as_array().unwrap().len(),
         1,
@@ -43,7 +24,7 @@ fn forks_claim_warm_entries_continue_the_source_and_the_pool_refills() {
     for f in report["forks"].as_array().unwrap() {
         common::assert_phases_add_up(f, true);
     }
-    let pool = wait_ready(&d, 2);
+    let pool = wait_pool_ready(&d, 2);
     assert_eq!(pool["hits"], 2);
     for f in ["w-1", "w-2"] {
         assert_eq!(d.sh(f, "cat /run/p; hostname"), format!("parked\n{f}\n"));
@@ -69,7 +50,7 @@ fn a_new_parked_state_of_the_source_replaces_the_pool_entries() {
     d.sh("src", "echo one > /run/v");
     d.ok(&["standby", "src"]);
     d.ok(&["pool", "set", "src", "--size", "1"]);
-    wait_ready(&d, 1);
+    wait_pool_ready(&d, 1);
 
     d.ok(&["restore", "src"]);
     d.sh("src", "echo two > /run/v");
@@ -90,7 +71,7 @@ fn template_pool_entries_do_not_count_as_forks_and_removal_drains_them() {
     d.ok(&["standby", "t"]);
     d.ok(&["template", "promote", "t"]);
     d.ok(&["pool", "set", "t", "--template", "--size", "2"]);
-    wait_ready(&d, 2);
+    wait_pool_ready(&d, 2);
 
     assert_eq!(d.json(&["template", "inspect", "t"])["forks"], 0);
     d.ok(&["fork", "--template", "t", "--name", "tf"]);
@@ -110,11 +91,11 @@ fn pools_come_back_after_a_daemon_restart() {
     d.ok(&["run", "--name", "p"]);
     d.ok(&["standby", "p"]);
     d.ok(&["pool", "set", "p", "--size", "1"]);
-    wait_ready(&d, 1);
+    wait_pool_ready(&d, 1);
 
     d.restart();
 
-    wait_ready(&d, 1);
+    wait_pool_ready(&d, 1);
     assert_eq!(
         common::qemu_processes(&d),
         1,
@@ -151,7 +132,7 @@ fn a_pool_entry_whose_vm_died_falls_back_to_a_cold_fork() {
     d.sh("s", "echo state > /run/x");
     d.ok(&["standby", "s"]);
     d.ok(&["pool", "set", "s", "--size", "1"]);
-    wait_ready(&d, 1);
+    wait_pool_ready(&d, 1);
     let source_dir = common::dir_of(&d, "s");
     for e in std::fs::read_dir(d.data_dir.join("instances"))
         .unwrap()

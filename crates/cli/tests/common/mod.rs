@@ -10,6 +10,7 @@ pub mod netns;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustix::process::{kill_process, Pid, Signal};
@@ -35,8 +36,9 @@ pub struct Daemon {
     _tmp: Option<tempfile::TempDir>,
     /// Extra `tine serve` arguments.
     serve_args: Vec<String>,
-    /// The namespace the daemon runs in (deleted after the VMs are gone).
-    netns: Option<netns::Netns>,
+    /// The namespace the daemon runs in (deleted after the VMs of every
+    /// daemon in it are gone).
+    netns: Option<Arc<netns::Netns>>,
 }
 
 impl Daemon {
@@ -61,7 +63,10 @@ impl Daemon {
     }
 
     /// A daemon with extra `serve` arguments and environment, on `dir` or
-    /// a temporary data directory.
+    /// a temporary data directory. It runs in the host's network namespace,
+    /// so it gets `--network none` unless `serve_args` name a `--network`:
+    /// tests not about networking touch no bridge, address or forwarding
+    /// setting of the host (networking tests use `start_in_netns`).
     pub fn start_with(dir: Option<&Path>, serve_args: &[&str], env: &[(&str, &str)]) -> Daemon {
         // Short base path: QEMU's sockets live under it and sun_path is 108 bytes.
         let tmp = match dir {
@@ -76,7 +81,10 @@ impl Daemon {
         let data_dir = dir
             .map(Path::to_path_buf)
             .unwrap_or_else(|| tmp.as_ref().unwrap().path().to_path_buf());
-        let serve_args = serve_args.iter().map(|s| s.to_string()).collect();
+        let mut serve_args: Vec<String> = serve_args.iter().map(|s| s.to_string()).collect();
+        if !serve_args.iter().any(|a| a == "--network") {
+            serve_args.extend(["--network".into(), "none".into()]);
+        }
         let env = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -93,15 +101,26 @@ impl Daemon {
         d
     }
 
-    /// A daemon in a network namespace of its own, with extra `serve` args.
+    /// A daemon in a network namespace of its own, with networking on
+    /// (unless `serve_args` turn it off) and extra `serve` args.
     pub fn start_in_netns(serve_args: &[&str]) -> Daemon {
+        Daemon::start_in(Arc::new(netns::Netns::new()), serve_args)
+    }
+
+    /// Another daemon, on a data directory of its own, in `other`'s namespace.
+    pub fn start_beside(other: &Daemon, serve_args: &[&str]) -> Daemon {
+        let ns = other.netns.clone().expect("a daemon in a netns");
+        Daemon::start_in(ns, serve_args)
+    }
+
+    fn start_in(netns: Arc<netns::Netns>, serve_args: &[&str]) -> Daemon {
         let tmp = tempfile::Builder::new()
             .prefix("tine-t")
             .tempdir_in("/tmp")
             .unwrap();
         let data_dir = tmp.path().to_path_buf();
         let serve_args = serve_args.iter().map(|s| s.to_string()).collect();
-        let netns = Some(netns::Netns::new());
+        let netns = Some(netns);
         let mut d = Daemon {
             child: None,
             env: vec![],
@@ -117,7 +136,7 @@ impl Daemon {
     /// The daemon's network namespace (`start_in_netns` only).
     pub fn netns(&self) -> &netns::Netns {
         self.netns
-            .as_ref()
+            .as_deref()
             .expect("a daemon started with start_in_netns")
     }
 
@@ -195,6 +214,14 @@ impl Daemon {
     pub fn restart(&mut self) {
         self.stop_daemon();
         self.spawn();
+    }
+
+    /// SIGKILL the daemon (VMs keep running).
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill9(c.id() as i32);
+            c.wait().unwrap();
+        }
     }
 
     pub fn stop_daemon(&mut self) {
@@ -409,6 +436,25 @@ pub fn assert_failpoints() {
         tine_manager::failpoint::enabled(),
         "this test needs the failpoints feature: run scripts/test.sh (cargo ... --features tine-cli/failpoints)"
     );
+}
+
+/// Wait until the (only) warm pool has `want` entries ready; returns its
+/// `pool ls` entry.
+pub fn wait_pool_ready(d: &Daemon, want: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let pools = d.json(&["pool", "ls"]);
+        let p = pools[0].clone();
+        if p["ready"].as_u64() == Some(want) {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pool never filled: {pools:#}\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A fork outcome's phases are all there, non-negative, add up to its

@@ -33,6 +33,11 @@ pub enum NetworkError {
         count: usize,
         example: Ipv4Addr,
     },
+    #[error(
+        "bridge {bridge} is in use by the tine daemon of {owner}; stop that daemon, or give \
+         this one a bridge and subnet of its own: `tine serve --bridge NAME --subnet CIDR`"
+    )]
+    BridgeInUse { bridge: String, owner: String },
     #[error("networking is off on this daemon (it was started with --network none)")]
     Disabled,
     #[error("cannot run `{program}` (Debian: apt-get install iproute2 nftables)")]

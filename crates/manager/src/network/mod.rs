@@ -8,6 +8,9 @@
 //!   is taken from the pool before the record is first saved and returned
 //!   after the record is gone; the pool is rebuilt from the records at daemon
 //!   start (`pool.rs`), so allocations survive restarts and never collide.
+//! - A daemon with networking claims its bridge at start, for its whole
+//!   life (`owner.rs`): a second daemon on the same bridge would hand out
+//!   the same addresses from a pool of its own, so it is refused.
 //! - Bridge, NAT rules and forwarding are set up before the first TAP is,
 //!   idempotently (`host.rs`); `tine system cleanup` undoes them.
 //! - Every VM start: QEMU starts with a virtio-net NIC on a TAP it creates
@@ -25,6 +28,7 @@
 mod error;
 mod hooks;
 mod host;
+mod owner;
 mod pool;
 mod settings;
 mod subnet;
@@ -42,6 +46,7 @@ pub use settings::{DEFAULT_BRIDGE, DEFAULT_SUBNET};
 pub use subnet::Subnet;
 
 use host::Host;
+use owner::BridgeClaim;
 use pool::{Pool, Taken};
 pub use settings::Settings;
 
@@ -137,6 +142,8 @@ struct Active {
     pool: Mutex<Pool>,
     /// Bridge and rules are set up (false again after a cleanup).
     ready: tokio::sync::Mutex<bool>,
+    /// This daemon alone uses the bridge (`owner.rs`).
+    _claim: BridgeClaim,
 }
 
 impl Network {
@@ -147,6 +154,7 @@ impl Network {
             return Ok(Network { active: None });
         }
         let settings = Settings::resolve(data_dir, opts.subnet.as_deref(), opts.bridge.as_deref())?;
+        let claim = BridgeClaim::take(&settings.bridge, data_dir)?;
         host::check_overlap(settings.subnet, &settings.bridge)?;
         let dns = match &opts.dns {
             Some(list) => list
@@ -176,6 +184,7 @@ impl Network {
                 host,
                 dns,
                 ready: tokio::sync::Mutex::new(false),
+                _claim: claim,
             }),
         })
     }
