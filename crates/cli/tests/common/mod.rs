@@ -161,6 +161,9 @@ impl Daemon {
             .arg(images_dir())
             .args(&self.serve_args)
             .env("TINE_LOG", "info,tine_manager=debug")
+            // A guest that resets itself (rare first-boot failures under
+            // load) leaves "Triple fault" and its CPU state in qemu.log.
+            .env("TINE_QEMU_LOG", "cpu_reset")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

@@ -8,7 +8,7 @@ pub const QMP_SOCKET: &str = "qmp.sock";
 pub const AGENT_SOCKET: &str = "agent.sock";
 pub const CONSOLE_LOG: &str = "console.log";
 pub const PID_FILE: &str = "qemu.pid";
-/// QEMU's stderr and `-D` log.
+/// QEMU's stdout and stderr (and its `-d` log, which goes to stderr).
 pub const QEMU_LOG: &str = "qemu.log";
 
 /// The virtio-serial port name the guest agent looks for.
@@ -111,8 +111,6 @@ pub fn build(spec: &VmSpec, boot: &Boot, paused: bool) -> Vec<String> {
     args.extend([
         "-qmp".into(),
         format!("unix:{},server=on,wait=off", esc(&run.join(QMP_SOCKET))),
-        "-D".into(),
-        p(&run.join(QEMU_LOG)),
         "-pidfile".into(),
         p(&run.join(PID_FILE)),
     ]);

@@ -39,13 +39,23 @@ pub struct Qemu {
     binary: PathBuf,
     /// QMP connections of prestarted VMs, by run dir, until `load`.
     parked: Mutex<HashMap<PathBuf, Qmp>>,
+    /// QEMU `-d` items (from `TINE_QEMU_LOG`), written to the VM's log.
+    log_items: Option<String>,
 }
+
+/// Diagnostics only: e.g. `TINE_QEMU_LOG=cpu_reset` puts "Triple fault"
+/// and the CPU state of every guest reset into `qemu.log`.
+const LOG_ITEMS_ENV: &str = "TINE_QEMU_LOG";
 
 impl Qemu {
     pub fn new(binary: impl Into<PathBuf>) -> Qemu {
+        let log_items = std::env::var(LOG_ITEMS_ENV)
+            .ok()
+            .filter(|items| !items.is_empty() && !items.contains(char::is_whitespace));
         Qemu {
             binary: binary.into(),
             parked: Mutex::new(HashMap::new()),
+            log_items,
         }
     }
 
@@ -85,7 +95,12 @@ impl Qemu {
             remove_stale(&run.join(name))?;
         }
         self.parked.lock().expect("parked").remove(run);
-        let args = cmdline::build(spec, boot, paused);
+        let mut args = cmdline::build(spec, boot, paused);
+        if let Some(items) = &self.log_items {
+            // To stderr, i.e. qemu.log opened for append (`-D FILE` would
+            // truncate it at start, losing earlier runs' lines).
+            args.extend(["-d".into(), items.clone()]);
+        }
         debug!(?args, "starting qemu");
         let log_path = run.join(QEMU_LOG);
         let log = confine::open_log(&log_path).map_err(|e| HvError::io(&log_path, e))?;
