@@ -239,7 +239,7 @@ pub fn qemu_args(cfg: &CloneCfg, mem_mib: u32, memory_file: &Path, dir: &Path) -
         "-name".into(),
         "tine-bench,debug-threads=on".into(),
         "-machine".into(),
-        "microvm,memory-backend=mem".into(),
+        tine_hypervisor::qemu::MACHINE.into(),
         "-accel".into(),
         accel.into(),
         "-cpu".into(),

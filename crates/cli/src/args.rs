@@ -274,7 +274,8 @@ pub struct ForkArgs {
     /// State of the new forks: running, standby or stopped.
     #[arg(long, default_value = "running")]
     pub target: String,
-    /// Forks made at once.
+    /// Forks made at once: a cold fork holds its slot until its agent
+    /// answers, a warm-pool claim until its vCPUs run.
     #[arg(long, default_value_t = 4)]
     pub parallel: u32,
 }

@@ -109,7 +109,7 @@ impl Vm {
         assert!(status.success(), "qemu-img create failed");
         let p = |name: &str| d.join(name).display().to_string();
         let qemu = Command::new(QEMU)
-            .args(["-machine", "microvm,memory-backend=mem", "-accel", "tcg", "-cpu", "max"])
+            .args(["-machine", "microvm,memory-backend=mem,pit=off,pic=off", "-accel", "tcg", "-cpu", "max"])
             .args(["-m", "256M", "-smp", "1", "-nodefaults", "-no-user-config"])
             .args(["-display", "none", "-no-reboot"])
             .arg("-object")

@@ -20,7 +20,9 @@ use async_trait::async_trait;
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-pub use cmdline::{AGENT_PORT_NAME, AGENT_SOCKET, CONSOLE_LOG, PID_FILE, QEMU_LOG, QMP_SOCKET};
+pub use cmdline::{
+    AGENT_PORT_NAME, AGENT_SOCKET, CONSOLE_LOG, MACHINE, PID_FILE, QEMU_LOG, QMP_SOCKET,
+};
 use qmp::Qmp;
 
 use crate::{
