@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*"; }
+die() { echo "setup.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "setup.sh must run as root (sudo $0)" >&2; exit 1; }
 export DEBIAN_FRONTEND=noninteractive
 
@@ -28,6 +29,10 @@ apt-get install -y -qq \
     busybox-static cpio lz4 zstd file \
     iproute2 nftables gcc libc6-dev pkg-config >/dev/null
 qemu-system-x86_64 --version | head -1
+# Forks map the shared memory file read-only and copy-on-write
+# (memory-backend-file readonly=on,rom=off): QEMU 8.2 or newer.
+qemu-system-x86_64 -object memory-backend-file,help 2>/dev/null | grep -q '^  rom=' ||
+    die "QEMU is too old: tine needs QEMU >= 8.2 (memory-backend-file rom=); on Debian bookworm use bookworm-backports"
 
 if ! command -v cargo >/dev/null; then
     echo "cargo not found: install a Rust toolchain (>= 1.80, e.g. via rustup) and re-run" >&2
