@@ -31,7 +31,8 @@ apt-get install -y -qq \
 qemu-system-x86_64 --version | head -1
 # Forks map the shared memory file read-only and copy-on-write
 # (memory-backend-file readonly=on,rom=off): QEMU 8.2 or newer.
-qemu-system-x86_64 -object memory-backend-file,help 2>/dev/null | grep -q '^  rom=' ||
+backend_props=$(qemu-system-x86_64 -object memory-backend-file,help 2>&1 || true)
+grep -q '^  rom=' <<<"$backend_props" ||
     die "QEMU is too old: tine needs QEMU >= 8.2 (memory-backend-file rom=); on Debian bookworm use bookworm-backports"
 
 if ! command -v cargo >/dev/null; then
