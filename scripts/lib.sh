@@ -10,7 +10,15 @@ start_daemon() {
     "$TINE" serve >"$DATA/daemon.log" 2>&1 &
     DAEMON=$!
     trap cleanup EXIT
-    for _ in $(seq 100); do "$TINE" ps >/dev/null 2>&1 && break; sleep 0.1; done
+    for _ in $(seq 100); do
+        "$TINE" ps >/dev/null 2>&1 && return 0
+        kill -0 "$DAEMON" 2>/dev/null || break
+        sleep 0.1
+    done
+    # Say why instead of a later "cannot reach the daemon".
+    echo "tine serve did not come up; its log:" >&2
+    cat "$DATA/daemon.log" >&2
+    exit 1
 }
 
 cleanup() {
