@@ -83,6 +83,11 @@ fn template_pool_entries_do_not_count_as_forks_and_removal_drains_them() {
         0,
         "waiting VMs of the pool were stopped"
     );
+    assert_eq!(
+        d.json(&["pool", "ls"]),
+        serde_json::json!([]),
+        "the pool went with its template"
+    );
 }
 
 #[test]

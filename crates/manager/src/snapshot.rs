@@ -483,8 +483,9 @@ impl Manager {
             crate::ForkFrom::Snapshot
         };
         let rec = snap.record();
-        self.pool_invalidate(from, &rec.name).await;
-        self.pool_invalidate(from, &rec.id).await;
+        // Under the write lock no pool refill is half-way (a refill reads
+        // the source under the read lock), and later ones fail: the pools
+        // go with their source and no warm entry outlives this call.
         let _w = snap.op.write().await;
         let info = self.snap_info(&snap);
         if template && info.forks > 0 {
@@ -495,6 +496,10 @@ impl Manager {
                     info.forks
                 ),
             });
+        }
+        for key in [&rec.name, &rec.id] {
+            // NotFound: no pool on this name.
+            let _ = self.pool_remove(from, key).await;
         }
         snap.cancel_compression().await;
         self.snaps.write().expect("snaps").remove(&snap.id);
