@@ -349,8 +349,16 @@ impl Hypervisor for Qemu {
 
     async fn prestart(&self, spec: &VmSpec, boot: &Boot) -> Result<VmProcess, HvError> {
         let (proc, mut q, log_start) = self.launch(spec, boot, true).await?;
-        // The load starts now and ends in the background; `load` resumes.
-        if let Err(e) = begin_load(&mut q, boot).await {
+        // Loaded before it is handed back (no one waits on a prestart), so
+        // `load` is a single `cont`.
+        let loaded = async {
+            begin_load(&mut q, boot).await?;
+            if matches!(boot, Boot::Restore { .. }) {
+                wait_migration(&mut q, "incoming migration").await?;
+            }
+            Ok(())
+        };
+        if let Err(e) = loaded.await {
             return Err(died(&spec.run_dir, &proc, log_start, e).await);
         }
         // Kept open for `load`: a claim is then one command on a live
@@ -370,11 +378,14 @@ impl Hypervisor for Qemu {
         let kept = self.parked.lock().expect("parked").remove(run_dir);
         let resumed = async {
             let mut q = match kept {
+                // Kept by `prestart`, which returned once the load was done.
                 Some(q) => q,
-                None => Self::qmp(run_dir).await?,
+                None => {
+                    let mut q = Self::qmp(run_dir).await?;
+                    wait_migration(&mut q, "incoming migration").await?;
+                    q
+                }
             };
-            // Loaded while it waited, normally; if not, this waits.
-            wait_migration(&mut q, "incoming migration").await?;
             q.execute("cont", None).await?;
             Ok(())
         }
