@@ -108,6 +108,11 @@ fn pools_come_back_after_a_daemon_restart() {
     );
     d.ok(&["fork", "p", "--name", "pf"]);
     assert_eq!(d.json(&["pool", "ls"])[0]["hits"], 1);
+
+    // Removing the source takes its pool and the waiting VM with it.
+    d.ok(&["rm", "-f", "p"]);
+    assert_eq!(d.json(&["pool", "ls"]), serde_json::json!([]));
+    assert_eq!(common::qemu_processes(&d), 1, "only the fork is left");
 }
 
 #[test]
