@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use common::{kill9, Daemon};
+use common::{kill9, names, Daemon};
 use serde_json::Value;
 
 #[test]
@@ -333,4 +333,26 @@ fn missing_qemu_binary_is_named_with_how_to_get_it() {
         "{err}"
     );
     assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "[]");
+}
+
+#[test]
+fn a_second_daemon_on_a_data_dir_in_use_is_refused_and_changes_nothing() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "v"]);
+    let second = tine()
+        .args(["serve", "--network", "none", "--data-dir"])
+        .arg(&d.data_dir)
+        .arg("--images-dir")
+        .arg(common::images_dir())
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("another tine daemon (pid") && err.contains("use another --data-dir"),
+        "{err}"
+    );
+    // The first daemon and its VM carry on.
+    assert_eq!(d.sh("v", "echo up"), "up\n");
+    assert_eq!(names(&d), vec!["v".to_string()]);
 }

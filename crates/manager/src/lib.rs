@@ -12,6 +12,7 @@ pub mod admission;
 mod agent;
 mod base;
 pub mod compress;
+mod datalock;
 pub mod error;
 pub mod failpoint;
 pub mod fork;
@@ -231,6 +232,8 @@ impl Slot {
 }
 
 pub struct Manager {
+    /// This daemon's claim on its data directory.
+    _lock: datalock::DataDirLock,
     cfg: Config,
     hv: Arc<dyn Hypervisor>,
     accel: AccelChoice,
@@ -253,6 +256,7 @@ impl Manager {
             None => tine_hypervisor::detect_accel(),
         };
         ops::create_private_dir(&cfg.data_dir.join("instances"))?;
+        let lock = datalock::DataDirLock::take(&cfg.data_dir)?;
         let snaps = snapshot::load_store(&cfg.data_dir.join("snapshots"))?;
         let net = network::Network::open(&cfg.network, &cfg.data_dir)?;
         let mgr = Arc::new(Manager {
@@ -265,6 +269,7 @@ impl Manager {
             net,
             metrics: Default::default(),
             admission: Default::default(),
+            _lock: lock,
         });
         // Probe now, while there is room for the probe's inodes.
         mgr.reflinks();
