@@ -51,6 +51,15 @@ fn arm(d: &mut Daemon, spec: &str) {
     d.restart_with_env(&[("TINE_FAILPOINTS", spec), ("TINE_FAILPOINT_DIR", &dir)]);
 }
 
+/// Arm a `crash` failpoint and run `tine ARGS` until the daemon dies at
+/// it. The daemon stays down: the caller looks at what the crash left,
+/// then restarts it.
+fn crash_during(d: &mut Daemon, spec: &str, args: &[&str]) {
+    arm(d, spec);
+    let _ = d.tine(args);
+    d.wait_daemon_exit();
+}
+
 /// Start `tine ARGS` in the background (it will stop at a failpoint).
 fn background(d: &Daemon, args: &[&str]) -> Child {
     d.command(args)
@@ -213,10 +222,7 @@ fn forked_vm(d: &Daemon) -> (String, String) {
 fn run_daemon_killed_after_qemu_started_leaves_no_instance_and_no_vm() {
     assert_failpoints();
     let mut d = Daemon::start();
-    arm(&mut d, "vm-started=crash:r1");
-
-    let _ = d.tine(&["run", "--name", "r1"]);
-    d.wait_daemon_exit();
+    crash_during(&mut d, "vm-started=crash:r1", &["run", "--name", "r1"]);
     d.restart_with_env(&[]);
 
     assert!(names(&d).is_empty());
@@ -229,10 +235,7 @@ fn run_daemon_killed_after_qemu_started_leaves_no_instance_and_no_vm() {
 fn run_daemon_killed_before_ready_leaves_no_instance_and_no_vm() {
     assert_failpoints();
     let mut d = Daemon::start();
-    arm(&mut d, "boot-ready=crash:r2");
-
-    let _ = d.tine(&["run", "--name", "r2"]);
-    d.wait_daemon_exit();
+    crash_during(&mut d, "boot-ready=crash:r2", &["run", "--name", "r2"]);
     d.restart_with_env(&[]);
 
     assert!(names(&d).is_empty());
@@ -267,10 +270,7 @@ fn standby_daemon_killed_while_the_ram_is_saved_resumes_the_vm() {
     assert_failpoints();
     let mut d = Daemon::start();
     let (pid, sum) = forked_vm(&d);
-    arm(&mut d, "state-saving=crash:kid");
-
-    let _ = d.tine(&["standby", "kid"]);
-    d.wait_daemon_exit();
+    crash_during(&mut d, "state-saving=crash:kid", &["standby", "kid"]);
     d.restart_with_env(&[]);
 
     assert_eq!(d.state("kid"), "running");
@@ -314,10 +314,7 @@ fn standby_with_daemon_and_qemu_killed_mid_save_reports_error_and_start_boots_ag
     let mut d = Daemon::start();
     running_vm(&d, "v");
     let dir = dir_of(&d, "v");
-    arm(&mut d, "state-saving=crash:v");
-
-    let _ = d.tine(&["standby", "v"]);
-    d.wait_daemon_exit();
+    crash_during(&mut d, "state-saving=crash:v", &["standby", "v"]);
     kill_vm_in(&dir, "v");
     d.restart_with_env(&[]);
 
@@ -337,10 +334,7 @@ fn restore_daemon_killed_after_the_guest_resumed_adopts_the_running_vm() {
     let mut d = Daemon::start();
     let pid = running_vm(&d, "v");
     d.ok(&["standby", "v"]);
-    arm(&mut d, "vm-started=crash:v");
-
-    let _ = d.tine(&["restore", "v"]);
-    d.wait_daemon_exit();
+    crash_during(&mut d, "vm-started=crash:v", &["restore", "v"]);
     d.restart_with_env(&[]);
 
     assert_eq!(d.state("v"), "running");
@@ -358,10 +352,7 @@ fn restore_daemon_killed_before_ready_keeps_the_vm_running() {
     let mut d = Daemon::start();
     let pid = running_vm(&d, "v");
     d.ok(&["standby", "v"]);
-    arm(&mut d, "boot-ready=crash:v");
-
-    let _ = d.tine(&["restore", "v"]);
-    d.wait_daemon_exit();
+    crash_during(&mut d, "boot-ready=crash:v", &["restore", "v"]);
     d.restart_with_env(&[]);
 
     assert_eq!(d.state("v"), "running");
@@ -399,10 +390,11 @@ fn snapshot_daemon_killed_while_the_source_is_paused_resumes_it() {
     assert_failpoints();
     let mut d = Daemon::start();
     let pid = running_vm(&d, "src");
-    arm(&mut d, "capture-paused=crash:src");
-
-    let _ = d.tine(&["snapshot", "create", "src", "--name", "snap"]);
-    d.wait_daemon_exit();
+    crash_during(
+        &mut d,
+        "capture-paused=crash:src",
+        &["snapshot", "create", "src", "--name", "snap"],
+    );
     d.restart_with_env(&[]);
 
     assert_eq!(d.json(&["snapshot", "ls"]).as_array().unwrap().len(), 0);
@@ -418,10 +410,11 @@ fn snapshot_of_a_fork_daemon_killed_while_its_ram_is_saved_resumes_it() {
     assert_failpoints();
     let mut d = Daemon::start();
     let (pid, sum) = forked_vm(&d);
-    arm(&mut d, "state-saving=crash:kid");
-
-    let _ = d.tine(&["snapshot", "create", "kid", "--name", "snap"]);
-    d.wait_daemon_exit();
+    crash_during(
+        &mut d,
+        "state-saving=crash:kid",
+        &["snapshot", "create", "kid", "--name", "snap"],
+    );
     d.restart_with_env(&[]);
 
     assert_eq!(d.json(&["snapshot", "ls"]).as_array().unwrap().len(), 0);
@@ -467,10 +460,11 @@ fn snapshot_of_a_standby_source_daemon_killed_with_its_memory_linked_makes_none(
     let dir = dir_of(&d, "src");
     let (memory, state) = (inode(&dir.join("memory")), sha256(&dir.join("vmstate")));
     let memory_sum = sha256(&dir.join("memory"));
-    arm(&mut d, "snapshot-captured=crash:snap");
-
-    let _ = d.tine(&["snapshot", "create", "src", "--name", "snap"]);
-    d.wait_daemon_exit();
+    crash_during(
+        &mut d,
+        "snapshot-captured=crash:snap",
+        &["snapshot", "create", "src", "--name", "snap"],
+    );
     assert_eq!(
         inode(&dir.join("memory")).1,
         2,
@@ -499,12 +493,13 @@ fn stopped_snapshot_daemon_killed_while_the_source_is_paused_resumes_it() {
     assert_failpoints();
     let mut d = Daemon::start();
     let pid = running_vm(&d, "src");
-    arm(&mut d, "capture-paused=crash:src");
-
-    let _ = d.tine(&[
-        "snapshot", "create", "src", "--name", "cold", "--kind", "stopped",
-    ]);
-    d.wait_daemon_exit();
+    crash_during(
+        &mut d,
+        "capture-paused=crash:src",
+        &[
+            "snapshot", "create", "src", "--name", "cold", "--kind", "stopped",
+        ],
+    );
     d.restart_with_env(&[]);
 
     assert_eq!(d.json(&["snapshot", "ls"]).as_array().unwrap().len(), 0);
@@ -628,10 +623,11 @@ fn fork_from_running_daemon_killed_while_the_source_is_paused_resumes_it() {
     assert_failpoints();
     let mut d = Daemon::start();
     let pid = running_vm(&d, "src");
-    arm(&mut d, "capture-paused=crash:src");
-
-    let _ = d.tine(&["fork", "src", "--from-running", "--name", "kid"]);
-    d.wait_daemon_exit();
+    crash_during(
+        &mut d,
+        "capture-paused=crash:src",
+        &["fork", "src", "--from-running", "--name", "kid"],
+    );
     d.restart_with_env(&[]);
 
     assert_eq!(names(&d), vec!["src".to_string()]);
@@ -668,10 +664,11 @@ fn fork_from_running_daemon_killed_after_the_fork_vm_started_removes_the_fork_an
     assert_failpoints();
     let mut d = Daemon::start();
     let pid = running_vm(&d, "src");
-    arm(&mut d, "vm-started=crash:kid");
-
-    let _ = d.tine(&["fork", "src", "--from-running", "--name", "kid"]);
-    d.wait_daemon_exit();
+    crash_during(
+        &mut d,
+        "vm-started=crash:kid",
+        &["fork", "src", "--from-running", "--name", "kid"],
+    );
     d.restart_with_env(&[]);
 
     assert_eq!(names(&d), vec!["src".to_string()]);

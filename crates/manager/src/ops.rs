@@ -347,12 +347,8 @@ impl Manager {
         let rec = slot.record();
         self.transition(&rec, if force { Op::ForceRemove } else { Op::Remove })?;
         let _files = slot.own_files().await;
-        // Its warm pools go with it (no refill is half-way: they read the
-        // source under the files lock held here).
-        for key in [&rec.name, &rec.id] {
-            // NotFound: no pool on this name.
-            let _ = self.pool_remove(crate::ForkFrom::Instance, key).await;
-        }
+        self.remove_pools(crate::ForkFrom::Instance, [&rec.name, &rec.id])
+            .await;
         self.halt(&slot, &rec).await?;
         let info = slot.info();
         self.slots.write().expect("slots").remove(&slot.id);

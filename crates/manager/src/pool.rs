@@ -185,6 +185,16 @@ impl Manager {
         Ok(info)
     }
 
+    /// Remove the pools built on a source that is going away, by any of
+    /// its names. The caller holds the source's lock exclusively, so no
+    /// refill is half-way and later ones fail: no entry outlives this.
+    pub(crate) async fn remove_pools(self: &Arc<Self>, from: ForkFrom, names: [&str; 2]) {
+        for name in names {
+            // NotFound: no pool on this name.
+            let _ = self.pool_remove(from, name).await;
+        }
+    }
+
     /// Drop every pool built on `source` (it changed or is going away).
     pub(crate) async fn pool_invalidate(self: &Arc<Self>, from: ForkFrom, source: &str) {
         let pool = self

@@ -483,9 +483,7 @@ impl Manager {
             crate::ForkFrom::Snapshot
         };
         let rec = snap.record();
-        // Under the write lock no pool refill is half-way (a refill reads
-        // the source under the read lock), and later ones fail: the pools
-        // go with their source and no warm entry outlives this call.
+        // The pools go with it, under this lock (see `remove_pools`).
         let _w = snap.op.write().await;
         let info = self.snap_info(&snap);
         if template && info.forks > 0 {
@@ -497,10 +495,7 @@ impl Manager {
                 ),
             });
         }
-        for key in [&rec.name, &rec.id] {
-            // NotFound: no pool on this name.
-            let _ = self.pool_remove(from, key).await;
-        }
+        self.remove_pools(from, [&rec.name, &rec.id]).await;
         snap.cancel_compression().await;
         self.snaps.write().expect("snaps").remove(&snap.id);
         remove_dir(&snap.dir)?;
