@@ -269,10 +269,7 @@ pub fn qemu_args(cfg: &CloneCfg, mem_mib: u32, memory_file: &Path, dir: &Path) -
         "-serial".into(),
         "chardev:con".into(),
         "-drive".into(),
-        format!(
-            "id=root,file={},format=qcow2,if=none",
-            esc(&dir.join("overlay.qcow2"))
-        ),
+        tine_hypervisor::qemu::root_drive(&dir.join("overlay.qcow2")),
         "-device".into(),
         "virtio-blk-device,drive=root".into(),
         "-device".into(),

@@ -162,3 +162,32 @@ fn a_pool_entry_whose_vm_died_falls_back_to_a_cold_fork() {
 
     assert_eq!(d.sh("cold", "cat /run/x"), "state\n");
 }
+
+#[test]
+fn forks_and_claims_leave_the_shared_guest_image_in_the_page_cache() {
+    let d = Daemon::start();
+    d.ok(&["run", "--name", "src"]);
+    d.ok(&["standby", "src"]);
+    d.ok(&["pool", "set", "src", "--size", "1"]);
+    wait_pool_ready(&d, 1);
+    let image = common::guest_rootfs();
+    std::fs::read(&image).unwrap();
+    let before = common::cached_fraction(&image);
+    assert!(
+        before > 0.9,
+        "the image did not stay cached after a read: {before}"
+    );
+
+    // A claim activates the entry's disk; a cold fork's load activates its
+    // own. Either used to drop the image's page cache (QEMU's drop-cache).
+    d.ok(&["fork", "src", "--name", "claimed"]);
+    d.ok(&["pool", "rm", "src"]);
+    d.ok(&["fork", "src", "--name", "cold"]);
+    d.ok(&["restore", "src"]);
+
+    let after = common::cached_fraction(&image);
+    assert!(
+        after > 0.5,
+        "forks evicted the shared guest image from the page cache: {before:.2} → {after:.2}"
+    );
+}

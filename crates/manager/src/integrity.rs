@@ -25,7 +25,9 @@ pub(crate) fn digest(path: &Path) -> Result<StateDigest, ManagerError> {
 /// Size and CRC-32 of everything `r` yields.
 pub fn digest_of(mut r: impl Read) -> std::io::Result<StateDigest> {
     let mut h = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
+    // On the stack: a fresh heap buffer this size is a new mapping whose
+    // page faults cost more than the CRC (it runs on every fork request).
+    let mut buf = [0u8; 64 << 10];
     let mut bytes = 0u64;
     loop {
         let n = match r.read(&mut buf) {

@@ -34,6 +34,18 @@ fn esc(path: &Path) -> String {
     p(path).replace(',', ",,")
 }
 
+/// The root disk: a qcow2 overlay on the shared guest image.
+/// `drop-cache=off`: activating the disk after a state load must not evict
+/// the page cache of the image every VM shares (QEMU drops it for
+/// migrations between hosts; ours stay on one host, where the page cache
+/// is coherent).
+pub fn root_drive(overlay: &Path) -> String {
+    format!(
+        "id=root,file={},format=qcow2,if=none,file.drop-cache=off,backing.file.drop-cache=off",
+        esc(overlay)
+    )
+}
+
 /// `paused`: a restore stays stopped after loading (see `Hypervisor::prestart`).
 pub fn build(spec: &VmSpec, boot: &Boot, paused: bool) -> Vec<String> {
     let mapping = match boot {
@@ -92,7 +104,7 @@ pub fn build(spec: &VmSpec, boot: &Boot, paused: bool) -> Vec<String> {
         "-serial".into(),
         "chardev:con".into(),
         "-drive".into(),
-        format!("id=root,file={},format=qcow2,if=none", esc(&spec.root_disk)),
+        root_drive(&spec.root_disk),
         "-device".into(),
         "virtio-blk-device,drive=root".into(),
         "-device".into(),

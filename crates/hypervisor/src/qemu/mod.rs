@@ -21,7 +21,7 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 pub use cmdline::{
-    AGENT_PORT_NAME, AGENT_SOCKET, CONSOLE_LOG, MACHINE, PID_FILE, QEMU_LOG, QMP_SOCKET,
+    root_drive, AGENT_PORT_NAME, AGENT_SOCKET, CONSOLE_LOG, MACHINE, PID_FILE, QEMU_LOG, QMP_SOCKET,
 };
 use qmp::Qmp;
 
@@ -255,6 +255,20 @@ async fn set_ignore_shared(q: &mut Qmp, on: bool) -> Result<(), HvError> {
     Ok(())
 }
 
+/// With `-S`, QEMU (10.0+) leaves the disk inactive after a load until
+/// `cont`, which then reopens it (qcow2 header and tables re-read): done
+/// here, a claim's `cont` only starts the vCPUs. QEMU before 10.0 has no
+/// such command and activates at the load's end anyway.
+async fn activate_disks(q: &mut Qmp) -> Result<(), HvError> {
+    match q
+        .execute("blockdev-set-active", Some(json!({ "active": true })))
+        .await
+    {
+        Err(HvError::Qmp { message, .. }) if message.contains("not found") => Ok(()),
+        r => r.map(|_| ()),
+    }
+}
+
 async fn wait_migration(q: &mut Qmp, what: &'static str) -> Result<(), HvError> {
     let start = Instant::now();
     // A device-state load takes a few ms: poll finely at first (a QMP
@@ -355,6 +369,7 @@ impl Hypervisor for Qemu {
             begin_load(&mut q, boot).await?;
             if matches!(boot, Boot::Restore { .. }) {
                 wait_migration(&mut q, "incoming migration").await?;
+                activate_disks(&mut q).await?;
             }
             Ok(())
         };
