@@ -5,9 +5,9 @@ use serde::{Deserialize, Serialize};
 
 pub use tine_manager::network::{CleanupReport, Lease, NetworkMode};
 pub use tine_manager::{
-    CompressState, ExecRequest, ForkFrom, ForkOutcome, ForkReport, ForkRequest, ForkTarget,
-    InstanceInfo, PoolInfo, PoolSpec, RunRequest, SnapshotInfo, SnapshotKind, SnapshotRequest,
-    State,
+    CompressState, ExecRequest, ForkFrom, ForkOutcome, ForkPhases, ForkReport, ForkRequest,
+    ForkTarget, InstanceInfo, PoolInfo, PoolSpec, RunRequest, SnapshotInfo, SnapshotKind,
+    SnapshotRequest, State,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -157,6 +157,11 @@ pub struct Args {
     /// 25,50: 100 idle forks saturate 2 cores under TCG.
     #[arg(long, value_delimiter = ',')]
     pub bursts: Option<Vec<u32>>,
+    /// Each burst this many times, the modes interleaved (a burst's p50 moves
+    /// by 10-20% from one run to the next on 2 cores; ratios are taken per
+    /// repetition and their median reported).
+    #[arg(long, default_value_t = 1)]
+    pub burst_reps: u32,
     /// Baseline (a): fresh VMs booted (and filled like the source) at once.
     #[arg(long)]
     pub boot_n: Option<u32>,
@@ -233,6 +238,7 @@ pub struct Config {
     pub touch_mib: u32,
     pub reps: u32,
     pub bursts: Vec<u32>,
+    pub burst_reps: u32,
     pub boot_n: u32,
     pub parallel: u32,
     pub modes: Vec<Mode>,
@@ -264,6 +270,7 @@ impl Config {
                 .bursts
                 .clone()
                 .unwrap_or_else(|| if q { vec![10] } else { vec![25, 50] }),
+            burst_reps: a.burst_reps,
             boot_n: a.boot_n.unwrap_or(if q { 10 } else { 25 }),
             parallel: a.parallel,
             modes: a.modes.clone().unwrap_or_else(|| Mode::ALL.to_vec()),
@@ -278,6 +285,9 @@ impl Config {
         };
         if c.reps == 0 {
             return Err("--reps must be at least 1".into());
+        }
+        if !(1..=20).contains(&c.burst_reps) {
+            return Err("--burst-reps must be 1..=20".into());
         }
         if let Some(b) = c.bursts.iter().find(|b| !(2..=100).contains(*b)) {
             return Err(format!(
@@ -332,6 +342,8 @@ pub enum Step {
         mem_mib: u32,
         mode: Mode,
         count: u32,
+        /// Repetition (0-based) of this burst.
+        rep: u32,
     },
     FromRunning {
         mem_mib: u32,
@@ -390,10 +402,12 @@ impl fmt::Display for Step {
                 mem_mib,
                 mode,
                 count,
+                rep,
             } => write!(
                 f,
-                "burst {mem_mib} MiB {}: {count} forks at once",
-                mode.name()
+                "burst {mem_mib} MiB {}: {count} forks at once (repetition {})",
+                mode.name(),
+                rep + 1
             ),
             Step::FromRunning { mem_mib, reps } => {
                 write!(f, "fork --from-running {mem_mib} MiB: {reps} x")
@@ -469,7 +483,11 @@ pub fn plan(c: &Config) -> Vec<Step> {
                     modes: modes.clone(),
                     reps: c.reps,
                 });
-                for &n in &c.bursts {
+                for (&n, rep) in c
+                    .bursts
+                    .iter()
+                    .flat_map(|n| (0..c.burst_reps).map(move |r| (n, r)))
+                {
                     for &mode in modes.iter().filter(|m| m.bursts()) {
                         let bytes = copy_bytes(mode, fs, m, n);
                         if mode == Mode::Pool && n > MAX_POOL {
@@ -495,6 +513,7 @@ pub fn plan(c: &Config) -> Vec<Step> {
                                 mem_mib: m,
                                 mode,
                                 count: n,
+                                rep,
                             });
                         }
                     }
@@ -592,7 +611,8 @@ mod tests {
         assert!(p.contains(&Step::Burst {
             mem_mib: 1024,
             mode: Mode::Copy,
-            count: 25
+            count: 25,
+            rep: 0
         }));
     }
 

@@ -85,6 +85,8 @@ pub struct Disk {
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PhaseMedians {
+    /// tine bursts: request → this fork's work began (its `--parallel` slot).
+    pub waited_ms: Option<f64>,
     pub files_ms: Option<f64>,
     pub spawn_to_qmp_ms: Option<f64>,
     pub caps_ms: Option<f64>,
@@ -109,6 +111,8 @@ pub struct ForkCell {
     pub mode: Mode,
     /// 1 for single forks (then the samples are repetitions), N for a burst.
     pub count: u32,
+    /// Bursts: which repetition (`--burst-reps`), from 0.
+    pub rep: u32,
     pub running_ms: Option<Summary>,
     pub ready_ms: Option<Summary>,
     /// Burst: first request → last fork ready (client side).
@@ -126,7 +130,18 @@ pub struct ForkCell {
     pub pool_hits: Option<u64>,
     pub disk: Option<Disk>,
     pub phases: Option<PhaseMedians>,
+    /// Bursts: CPU time spent on them, per fork.
+    pub cpu: Option<BurstCpu>,
     pub error: Option<String>,
+}
+
+/// CPU time a burst cost, per fork: the manager (tine's daemon; for the
+/// bare clones the benchmark's own process, which plays the manager) and
+/// the forks' VM processes from their start to the burst's end.
+#[derive(Debug, Clone, Serialize)]
+pub struct BurstCpu {
+    pub manager_ms: f64,
+    pub vms_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -373,20 +388,21 @@ pub fn render(r: &Results) -> String {
             o,
             "### Fork bursts (latency from the burst's request, all forks)\n"
         );
-        let _ = writeln!(o, "| fs | guest MiB | mode | N ok/fail | running p50 | p95 | p99 | max | ready p50 | p95 | p99 | max | wall ms | ready p50 vs link | wall vs link |");
+        let _ = writeln!(o, "| fs | guest MiB | mode | rep | N ok/fail | running p50 | p95 | p99 | max | ready p50 | p95 | p99 | max | wall ms | ready p50 vs link | wall vs link |");
         let _ = writeln!(
             o,
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for (fr, c) in &bursts {
             let link = link_cell(fr, c);
             let (rn, rd) = (c.running_ms, c.ready_ms);
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 fr.fs.kind.name(),
                 c.mem_mib,
                 mode_label(c.mode),
+                c.rep + 1,
                 c.ok,
                 c.failed,
                 f(rn.map(|s| s.p50)),
@@ -400,6 +416,29 @@ pub fn render(r: &Results) -> String {
                 f(c.wall_ms),
                 x(ratio(p50(&rd), link.and_then(|l| p50(&l.ready_ms)))),
                 x(ratio(c.wall_ms, link.and_then(|l| l.wall_ms))),
+            );
+        }
+        o.push('\n');
+        burst_ratios(&mut o, &bursts);
+        let _ = writeln!(o, "Where a burst's time and CPU go (per-fork medians, ms; CPU per fork: the manager — tine's daemon, or the benchmark process for the bare clones — and the VM processes from start to the burst's end):\n");
+        let _ = writeln!(o, "| fs | guest MiB | mode | N | waited | files | VM start → running | agent | identity | manager CPU/fork | VM CPU/fork |");
+        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|");
+        for (fr, c) in &bursts {
+            let p = c.phases.clone().unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                fr.fs.kind.name(),
+                c.mem_mib,
+                mode_label(c.mode),
+                c.count,
+                f(p.waited_ms),
+                f(p.files_ms),
+                f(p.qemu_total_ms),
+                f(p.agent_ms),
+                f(p.identity_ms),
+                f(c.cpu.as_ref().map(|c| c.manager_ms)),
+                f(c.cpu.as_ref().map(|c| c.vms_ms)),
             );
         }
         o.push('\n');
@@ -562,8 +601,63 @@ pub fn render(r: &Results) -> String {
     o
 }
 
+/// With several repetitions of a burst: each mode's ratios to tine's burst
+/// of the same repetition, median (min–max) over the repetitions.
+fn burst_ratios(o: &mut String, bursts: &[(&FsResults, &ForkCell)]) {
+    if !bursts.iter().any(|(_, c)| c.rep > 0) {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "Ratios to tine (link) in the same repetition, median (min–max) over the repetitions:\n"
+    );
+    let _ = writeln!(
+        o,
+        "| fs | guest MiB | N | mode | reps | running p50 | ready p50 | ready p99 | wall |"
+    );
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|");
+    let mut keys: Vec<(&str, u32, u32, Mode)> = vec![];
+    for (fr, c) in bursts.iter().filter(|(_, c)| c.mode != Mode::Link) {
+        let k = (fr.fs.kind.name(), c.mem_mib, c.count, c.mode);
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    for (fs, m, n, mode) in keys {
+        let cells: Vec<(&ForkCell, &ForkCell)> = bursts
+            .iter()
+            .filter(|(fr, c)| {
+                fr.fs.kind.name() == fs && c.mem_mib == m && c.count == n && c.mode == mode
+            })
+            .filter_map(|(fr, c)| Some((*c, link_cell(fr, c)?)))
+            .collect();
+        let col = |g: &dyn Fn(&ForkCell) -> Option<f64>| {
+            let mut v: Vec<f64> = cells
+                .iter()
+                .filter_map(|(c, l)| ratio(g(c), g(l)))
+                .collect();
+            v.sort_by(f64::total_cmp);
+            match (crate::stats::median(&v), v.first(), v.last()) {
+                (Some(md), Some(lo), Some(hi)) => format!("{md:.2}x ({lo:.2}–{hi:.2})"),
+                _ => "–".into(),
+            }
+        };
+        let _ = writeln!(
+            o,
+            "| {fs} | {m} | {n} | {} | {} | {} | {} | {} | {} |",
+            mode_label(mode),
+            cells.len(),
+            col(&|c| p50(&c.running_ms)),
+            col(&|c| p50(&c.ready_ms)),
+            col(&|c| c.ready_ms.map(|s| s.p99)),
+            col(&|c| c.wall_ms),
+        );
+    }
+    o.push('\n');
+}
+
 fn link_cell<'a>(fr: &'a FsResults, c: &ForkCell) -> Option<&'a ForkCell> {
-    fr.forks
-        .iter()
-        .find(|l| l.mode == Mode::Link && l.mem_mib == c.mem_mib && l.count == c.count)
+    fr.forks.iter().find(|l| {
+        l.mode == Mode::Link && l.mem_mib == c.mem_mib && l.count == c.count && l.rep == c.rep
+    })
 }

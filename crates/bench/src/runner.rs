@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use tine_api::{ForkReport, ForkRequest};
+use tine_api::{ForkOutcome, ForkPhases, ForkReport, ForkRequest};
 use tokio::sync::Semaphore;
 
 use crate::bare::{self, CloneCfg, CloneKind, Phases, SourceFiles};
@@ -166,7 +166,8 @@ impl<'a> FsRun<'a> {
                 mem_mib,
                 mode,
                 count,
-            } => self.burst(*mem_mib, *mode, *count).await,
+                rep,
+            } => self.burst(*mem_mib, *mode, *count, *rep).await,
             Step::FromRunning { mem_mib, reps } => self.fork_from_running(*mem_mib, *reps).await,
             Step::BootN {
                 mem_mib,
@@ -410,6 +411,7 @@ impl<'a> FsRun<'a> {
                 mem_mib: m,
                 mode,
                 count: 1,
+                rep: 0,
                 running_ms: summ(&run),
                 ready_ms: summ(&ready),
                 wall_ms: None,
@@ -421,6 +423,7 @@ impl<'a> FsRun<'a> {
                 pool_hits: None,
                 disk: None,
                 phases: (!ph.is_empty()).then(|| phase_medians(&ph)),
+                cpu: None,
                 error: (!errs.is_empty()).then(|| errs.join("; ")),
             });
         }
@@ -496,7 +499,7 @@ impl<'a> FsRun<'a> {
 
     // ---- bursts -----------------------------------------------------------
 
-    async fn burst(&mut self, m: u32, mode: Mode, n: u32) -> Result<()> {
+    async fn burst(&mut self, m: u32, mode: Mode, n: u32, rep: u32) -> Result<()> {
         if let Some(dm) = mode.daemon_mode() {
             self.ensure_daemon(dm).await?;
         }
@@ -505,12 +508,13 @@ impl<'a> FsRun<'a> {
             None => self.clone_burst(m, mode, n).await,
         };
         let cell = match cell {
-            Ok(c) => c,
+            Ok(c) => ForkCell { rep, ..c },
             Err(e) => {
                 self.res.forks.push(ForkCell {
                     mem_mib: m,
                     mode,
                     count: n,
+                    rep,
                     running_ms: None,
                     ready_ms: None,
                     wall_ms: None,
@@ -522,6 +526,7 @@ impl<'a> FsRun<'a> {
                     pool_hits: None,
                     disk: None,
                     phases: None,
+                    cpu: None,
                     error: Some(format!("{e:#}")),
                 });
                 return Err(e);
@@ -569,9 +574,11 @@ impl<'a> FsRun<'a> {
             parallel: Some(self.ctx.cfg.parallel),
             ..Default::default()
         };
+        let cpu0 = procmem::cpu_seconds(&[d.pid()]);
         let t0 = Instant::now();
         let rep = self.tine_fork(req).await;
         let wall = ms(t0);
+        let manager_s = procmem::cpu_seconds(&[d.pid()]) - cpu0;
         let mut pool_hits = None;
         if mode == Mode::Pool {
             // Stop the refill before measuring the forks.
@@ -591,6 +598,7 @@ impl<'a> FsRun<'a> {
         let run: Vec<f64> = ok.iter().filter_map(|f| f.running_ms).collect();
         let ready: Vec<f64> = ok.iter().filter_map(|f| f.ready_ms).collect();
         let pids: Vec<i32> = ok.iter().filter_map(|f| f.instance.as_ref()?.pid).collect();
+        let burst_cpu = burst_cpu(manager_s, &pids);
         let cpu = procmem::idle_cpu_pct_per_vm(&pids, self.settle()).await;
         let dirs: Vec<PathBuf> = ok
             .iter()
@@ -605,6 +613,7 @@ impl<'a> FsRun<'a> {
             mem_mib: m,
             mode,
             count: n,
+            rep: 0,
             running_ms: summ(&run),
             ready_ms: summ(&ready),
             wall_ms: Some(wall),
@@ -615,7 +624,8 @@ impl<'a> FsRun<'a> {
             pool_mem,
             pool_hits,
             disk: Some(disk),
-            phases: None,
+            phases: Some(fork_phase_medians(&ok)),
+            cpu: burst_cpu,
             error: (!errs.is_empty()).then(|| errs.join("; ")),
         })
     }
@@ -637,6 +647,7 @@ impl<'a> FsRun<'a> {
         let used0 = fs_used_bytes(self.mount.path()).ok();
         let cache0 = procmem::cached_bytes(&files.memory).ok();
         let sem = Arc::new(Semaphore::new(self.ctx.cfg.parallel as usize));
+        let cpu0 = procmem::cpu_seconds(&[std::process::id() as i32]);
         let t0 = Instant::now();
         let mut tasks = Vec::new();
         for i in 1..=n {
@@ -660,7 +671,9 @@ impl<'a> FsRun<'a> {
             }
         }
         let wall = ms(t0);
+        let manager_s = procmem::cpu_seconds(&[std::process::id() as i32]) - cpu0;
         let pids: Vec<i32> = clones.iter().map(|c| c.pid).collect();
+        let burst_cpu = burst_cpu(manager_s, &pids);
         let cpu = procmem::idle_cpu_pct_per_vm(&pids, self.settle()).await;
         let dirs: Vec<PathBuf> = clones.iter().map(|c| c.dir.clone()).collect();
         let mut mem = procmem::measure(&pids);
@@ -674,6 +687,7 @@ impl<'a> FsRun<'a> {
             mem_mib: m,
             mode,
             count: n,
+            rep: 0,
             running_ms: summ(&run),
             ready_ms: summ(&ready),
             wall_ms: Some(wall),
@@ -685,6 +699,7 @@ impl<'a> FsRun<'a> {
             pool_hits: None,
             disk: Some(disk),
             phases: (!phases.is_empty()).then(|| phase_medians(&phases)),
+            cpu: burst_cpu,
             error: (!errs.is_empty()).then(|| errs.join("; ")),
         })
     }
@@ -850,10 +865,34 @@ fn clone_kind(mode: Mode) -> CloneKind {
     }
 }
 
+/// Per fork: the manager's CPU during the burst and the VMs' CPU so far.
+fn burst_cpu(manager_s: f64, vm_pids: &[i32]) -> Option<BurstCpu> {
+    let n = vm_pids.len();
+    (n > 0).then(|| BurstCpu {
+        manager_ms: manager_s * 1e3 / n as f64,
+        vms_ms: procmem::cpu_seconds(vm_pids) * 1e3 / n as f64,
+    })
+}
+
+/// tine's own per-fork phases, in the baseline's columns.
+fn fork_phase_medians(ok: &[&ForkOutcome]) -> PhaseMedians {
+    let ph: Vec<_> = ok.iter().filter_map(|f| f.phases).collect();
+    let col = |f: &dyn Fn(&ForkPhases) -> f64| median(&ph.iter().map(f).collect::<Vec<f64>>());
+    PhaseMedians {
+        waited_ms: col(&|p| p.waited_ms),
+        files_ms: col(&|p| p.files_ms),
+        qemu_total_ms: col(&|p| p.vm_ms),
+        agent_ms: col(&|p| p.agent_ms),
+        identity_ms: col(&|p| p.identity_ms),
+        ..Default::default()
+    }
+}
+
 fn phase_medians(ph: &[Phases]) -> PhaseMedians {
     let col =
         |f: &dyn Fn(&Phases) -> Option<f64>| median(&ph.iter().filter_map(f).collect::<Vec<f64>>());
     PhaseMedians {
+        waited_ms: None,
         files_ms: col(&|p| Some(p.files_ms)),
         spawn_to_qmp_ms: col(&|p| p.spawn_to_qmp_ms),
         caps_ms: col(&|p| p.caps_ms),

@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use tine_hypervisor::{AccelChoice, Hypervisor};
 
 pub use error::ManagerError;
-pub use fork::{ForkFrom, ForkOutcome, ForkReport, ForkRequest, ForkTarget};
+pub use fork::{ForkFrom, ForkOutcome, ForkPhases, ForkReport, ForkRequest, ForkTarget};
 pub use pool::{PoolInfo, PoolSpec};
 pub use record::InstanceRecord;
 pub use snapshot::{
