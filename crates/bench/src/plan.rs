@@ -157,7 +157,8 @@ pub struct Args {
     /// 25,50: 100 idle forks saturate 2 cores under TCG.
     #[arg(long, value_delimiter = ',')]
     pub bursts: Option<Vec<u32>>,
-    /// Each burst this many times, the modes interleaved (a burst's p50 moves
+    /// Each burst this many times, the modes interleaved, every other
+    /// repetition in reverse order (a burst's p50 moves
     /// by 10-20% from one run to the next on 2 cores; ratios are taken per
     /// repetition and their median reported).
     #[arg(long, default_value_t = 1)]
@@ -488,7 +489,14 @@ pub fn plan(c: &Config) -> Vec<Step> {
                     .iter()
                     .flat_map(|n| (0..c.burst_reps).map(move |r| (n, r)))
                 {
-                    for &mode in modes.iter().filter(|m| m.bursts()) {
+                    // Every other repetition in reverse order, so no mode
+                    // always runs right after another's teardown.
+                    let mut order: Vec<Mode> =
+                        modes.iter().copied().filter(|m| m.bursts()).collect();
+                    if rep % 2 == 1 {
+                        order.reverse();
+                    }
+                    for mode in order {
                         let bytes = copy_bytes(mode, fs, m, n);
                         if mode == Mode::Pool && n > MAX_POOL {
                             steps.push(Step::Skip {
