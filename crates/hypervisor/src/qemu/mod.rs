@@ -249,9 +249,15 @@ impl Default for Qemu {
 
 /// Set explicitly every time: capabilities persist in a QEMU process (an
 /// incoming load sets it on; a later save may need it off).
+/// `events` makes QEMU announce migration states, so waits need no polling.
 async fn set_ignore_shared(q: &mut Qmp, on: bool) -> Result<(), HvError> {
-    let caps = json!({ "capabilities": [ { "capability": "x-ignore-shared", "state": on } ] });
+    let caps = json!({ "capabilities": [
+        { "capability": "x-ignore-shared", "state": on },
+        { "capability": "events", "state": true },
+    ] });
     q.execute("migrate-set-capabilities", Some(caps)).await?;
+    // A migration starts next: earlier ones' announcements are stale.
+    q.drop_events("MIGRATION");
     Ok(())
 }
 
@@ -269,27 +275,43 @@ async fn activate_disks(q: &mut Qmp) -> Result<(), HvError> {
     }
 }
 
+/// Wait for an incoming load. QEMU announces each migration state (the
+/// `events` capability) and sends "completed" from the main loop once the
+/// load is done: waiting for that instead of polling keeps query-migrate
+/// off the main loop while it loads. query-migrate still gives a failure's
+/// reason, and runs every 20 ms without an event should one be missed.
+async fn wait_incoming(q: &mut Qmp) -> Result<(), HvError> {
+    let start = Instant::now();
+    loop {
+        if let Some(ev) = q.wait_event("MIGRATION", Duration::from_millis(20)).await? {
+            match ev.pointer("/data/status").and_then(|s| s.as_str()) {
+                Some("completed") => return Ok(()),
+                Some("failed") | Some("cancelled") => {}
+                // setup, active, …: keep waiting.
+                _ => continue,
+            }
+        }
+        if migration_done(q).await? {
+            return Ok(());
+        }
+        if start.elapsed() > MIGRATE_TIMEOUT {
+            return Err(HvError::Timeout(MIGRATE_TIMEOUT, "incoming migration"));
+        }
+    }
+}
+
+/// Wait for a save by polling. Not by its event: a saving QEMU announces
+/// "completed" from its migration thread before the main loop has
+/// finished the migration, and a `cont` then is refused ("Migration is not
+/// finalized yet").
 async fn wait_migration(q: &mut Qmp, what: &'static str) -> Result<(), HvError> {
     let start = Instant::now();
-    // A device-state load takes a few ms: poll finely at first (a QMP
+    // A device-state save takes a few ms: poll finely at first (a QMP
     // round trip is ~0.1 ms), then back off for long RAM-carrying streams.
     let mut nap = Duration::from_micros(100);
     loop {
-        let info = q.execute("query-migrate", None).await?;
-        match info.get("status").and_then(|s| s.as_str()) {
-            Some("completed") => return Ok(()),
-            Some("failed") | Some("cancelled") => {
-                let msg = info
-                    .get("error-desc")
-                    .and_then(|s| s.as_str())
-                    .unwrap_or("migration failed")
-                    .to_string();
-                return Err(HvError::Qmp {
-                    command: "migrate".into(),
-                    message: msg,
-                });
-            }
-            _ => {}
+        if migration_done(q).await? {
+            return Ok(());
         }
         if start.elapsed() > MIGRATE_TIMEOUT {
             return Err(HvError::Timeout(MIGRATE_TIMEOUT, what));
@@ -298,6 +320,23 @@ async fn wait_migration(q: &mut Qmp, what: &'static str) -> Result<(), HvError> 
         if start.elapsed() > Duration::from_millis(20) {
             nap = (nap * 2).min(Duration::from_millis(20));
         }
+    }
+}
+
+/// query-migrate: done, still going, or the failure's reason.
+async fn migration_done(q: &mut Qmp) -> Result<bool, HvError> {
+    let info = q.execute("query-migrate", None).await?;
+    match info.get("status").and_then(|s| s.as_str()) {
+        Some("completed") => Ok(true),
+        Some("failed") | Some("cancelled") => Err(HvError::Qmp {
+            command: "migrate".into(),
+            message: info
+                .get("error-desc")
+                .and_then(|s| s.as_str())
+                .unwrap_or("migration failed")
+                .to_string(),
+        }),
+        _ => Ok(false),
     }
 }
 
@@ -348,7 +387,7 @@ impl Hypervisor for Qemu {
         let loaded = async {
             begin_load(&mut q, &boot).await?;
             if matches!(boot, Boot::Restore { .. }) {
-                wait_migration(&mut q, "incoming migration").await?;
+                wait_incoming(&mut q).await?;
                 // The saved run state is "paused" (saves stop the VM first),
                 // and a load restores it: resume explicitly.
                 q.execute("cont", None).await?;
@@ -368,7 +407,7 @@ impl Hypervisor for Qemu {
         let loaded = async {
             begin_load(&mut q, boot).await?;
             if matches!(boot, Boot::Restore { .. }) {
-                wait_migration(&mut q, "incoming migration").await?;
+                wait_incoming(&mut q).await?;
                 activate_disks(&mut q).await?;
             }
             Ok(())
@@ -397,7 +436,7 @@ impl Hypervisor for Qemu {
                 Some(q) => q,
                 None => {
                     let mut q = Self::qmp(run_dir).await?;
-                    wait_migration(&mut q, "incoming migration").await?;
+                    wait_incoming(&mut q).await?;
                     q
                 }
             };

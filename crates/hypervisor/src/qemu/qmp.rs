@@ -5,6 +5,7 @@
 //! operations per VM, so a short-lived connection is enough and leaves no
 //! state to recover after a daemon restart.
 
+use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::os::fd::BorrowedFd;
@@ -34,7 +35,14 @@ pub struct Qmp {
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
     limit: Duration,
+    /// Events that arrived while a command waited for its reply.
+    events: VecDeque<Value>,
+    /// A message read in part when a wait timed out (reads are resumable).
+    partial: Vec<u8>,
 }
+
+/// Events kept for [`Qmp::wait_event`]; older ones are dropped.
+const KEPT_EVENTS: usize = 32;
 
 impl Qmp {
     /// Connect, read the greeting and enter command mode.
@@ -53,6 +61,8 @@ impl Qmp {
             reader: BufReader::new(r),
             writer: w,
             limit,
+            events: VecDeque::new(),
+            partial: Vec::new(),
         };
         // A monitor busy with another client accepts but never greets.
         let greeting = tokio::time::timeout(limit, qmp.read_message())
@@ -148,12 +158,52 @@ impl Qmp {
                     message: message.into(),
                 });
             }
-            // An asynchronous event: not ours to handle here.
+            // An asynchronous event: kept for `wait_event`.
+            self.keep_event(reply);
         }
     }
 
+    fn keep_event(&mut self, msg: Value) {
+        if msg.get("event").is_some() {
+            if self.events.len() == KEPT_EVENTS {
+                self.events.pop_front();
+            }
+            self.events.push_back(msg);
+        }
+    }
+
+    /// Forget kept events named `name`.
+    pub fn drop_events(&mut self, name: &str) {
+        self.events
+            .retain(|m| m.get("event").and_then(Value::as_str) != Some(name));
+    }
+
+    /// The next event named `name` (one that came during an earlier command
+    /// first), or None if none arrives within `within`.
+    pub async fn wait_event(
+        &mut self,
+        name: &str,
+        within: Duration,
+    ) -> Result<Option<Value>, HvError> {
+        let is = |m: &Value| m.get("event").and_then(Value::as_str) == Some(name);
+        if let Some(i) = self.events.iter().position(is) {
+            return Ok(self.events.remove(i));
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let msg = match tokio::time::timeout_at(deadline, self.read_message()).await {
+                Err(_) => return Ok(None),
+                Ok(m) => m?,
+            };
+            if is(&msg) {
+                return Ok(Some(msg));
+            }
+            self.keep_event(msg);
+        }
+    }
+
+    /// Cancel-safe: what was read of a line stays in `partial`.
     async fn read_message(&mut self) -> Result<Value, HvError> {
-        let mut buf = Vec::new();
         loop {
             let chunk = self
                 .reader
@@ -167,13 +217,14 @@ impl Qmp {
                 Some(i) => (i + 1, true),
                 None => (chunk.len(), false),
             };
-            buf.extend_from_slice(&chunk[..take]);
+            self.partial.extend_from_slice(&chunk[..take]);
             self.reader.consume(take);
-            if buf.len() > MAX_LINE {
+            if self.partial.len() > MAX_LINE {
                 return Err(HvError::QmpProtocol("message too large".into()));
             }
             if done {
-                return serde_json::from_slice(&buf)
+                let line = std::mem::take(&mut self.partial);
+                return serde_json::from_slice(&line)
                     .map_err(|e| HvError::QmpProtocol(format!("bad json: {e}")));
             }
         }
@@ -207,6 +258,58 @@ mod tests {
         let err = q.execute("stop", None).await.unwrap_err();
 
         assert!(matches!(err, HvError::Timeout(_, _)), "{err:?}");
+        drop(peer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn events_during_a_command_are_kept_and_a_wait_that_times_out_mid_line_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let (more_tx, more_rx) = tokio::sync::oneshot::channel::<()>();
+        let peer = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let (r, mut w) = s.into_split();
+            let mut lines = BufReader::new(r).lines();
+            w.write_all(b"{\"QMP\":{}}\n").await.unwrap();
+            lines.next_line().await.unwrap(); // qmp_capabilities
+            w.write_all(b"{\"return\":{}}\n").await.unwrap();
+            lines.next_line().await.unwrap(); // migrate-incoming
+            w.write_all(
+                b"{\"event\":\"MIGRATION\",\"data\":{\"status\":\"setup\"}}\n{\"return\":{}}\n",
+            )
+            .await
+            .unwrap();
+            // Half an event, then the rest once the client has given up once.
+            w.write_all(b"{\"event\":\"MIGRATION\",\"data\":")
+                .await
+                .unwrap();
+            more_rx.await.unwrap();
+            w.write_all(b"{\"status\":\"completed\"}}\n").await.unwrap();
+            (lines, w)
+        });
+
+        let mut q = Qmp::connect_within(&path, Duration::from_secs(5))
+            .await
+            .unwrap();
+        q.execute("migrate-incoming", None).await.unwrap();
+        let first = q
+            .wait_event("MIGRATION", Duration::from_secs(5))
+            .await
+            .unwrap();
+        let none = q
+            .wait_event("MIGRATION", Duration::from_millis(50))
+            .await
+            .unwrap();
+        more_tx.send(()).unwrap();
+        let second = q
+            .wait_event("MIGRATION", Duration::from_secs(5))
+            .await
+            .unwrap();
+
+        assert_eq!(first.unwrap()["data"]["status"], "setup");
+        assert!(none.is_none());
+        assert_eq!(second.unwrap()["data"]["status"], "completed");
         drop(peer.await.unwrap());
     }
 }
