@@ -420,6 +420,7 @@ pub fn render(r: &Results) -> String {
         }
         o.push('\n');
         burst_ratios(&mut o, &bursts);
+        pooled_ratios(&mut o, &bursts);
         let _ = writeln!(o, "Where a burst's time and CPU go (per-fork medians, ms; CPU per fork: the manager — tine's daemon, or the benchmark process for the bare clones — and the VM processes from start to the burst's end):\n");
         let _ = writeln!(o, "| fs | guest MiB | mode | N | waited | files | VM start → running | agent | identity | manager CPU/fork | VM CPU/fork |");
         let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|");
@@ -654,6 +655,42 @@ fn burst_ratios(o: &mut String, bursts: &[(&FsResults, &ForkCell)]) {
         );
     }
     o.push('\n');
+}
+
+/// Every (filesystem, size, repetition) pair of one burst size pooled:
+/// the geometric mean of tine's ratio to the bare clones (a single cell
+/// moves by ±20% from run to run on 2 cores; the pool does not).
+fn pooled_ratios(o: &mut String, bursts: &[(&FsResults, &ForkCell)]) {
+    let mut sizes: Vec<u32> = bursts.iter().map(|(_, c)| c.count).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    for n in sizes {
+        let pairs: Vec<(&ForkCell, &ForkCell)> = bursts
+            .iter()
+            .filter(|(_, c)| c.mode == Mode::Bare && c.count == n)
+            .filter_map(|(fr, c)| Some((link_cell(fr, c)?, *c)))
+            .collect();
+        let gm = |g: &dyn Fn(&ForkCell) -> Option<f64>| {
+            let logs: Vec<f64> = pairs
+                .iter()
+                .filter_map(|(t, b)| ratio(g(t), g(b)))
+                .map(f64::ln)
+                .collect();
+            (!logs.is_empty()).then(|| (logs.iter().sum::<f64>() / logs.len() as f64).exp())
+        };
+        if pairs.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            o,
+            "Bursts of {n}, tine (link) / (b) bare pooled over {} pairs (geometric mean): running p50 {}, ready p50 {}, ready p99 {}, wall {}.\n",
+            pairs.len(),
+            x(gm(&|c| p50(&c.running_ms))),
+            x(gm(&|c| p50(&c.ready_ms))),
+            x(gm(&|c| c.ready_ms.map(|s| s.p99))),
+            x(gm(&|c| c.wall_ms)),
+        );
+    }
 }
 
 fn link_cell<'a>(fr: &'a FsResults, c: &ForkCell) -> Option<&'a ForkCell> {
