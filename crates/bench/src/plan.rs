@@ -498,6 +498,12 @@ pub fn plan(c: &Config) -> Vec<Step> {
                     }
                     for mode in order {
                         let bytes = copy_bytes(mode, fs, m, n);
+                        let skip =
+                            mode == Mode::Pool && n > MAX_POOL || bytes > c.copy_budget_bytes;
+                        if skip && rep > 0 {
+                            // Said once, at the first repetition.
+                            continue;
+                        }
                         if mode == Mode::Pool && n > MAX_POOL {
                             steps.push(Step::Skip {
                                 what: format!("burst {m} MiB pool x{n} on {}", fs.name()),
