@@ -187,3 +187,7 @@ fn sweep(mgr: &crate::Manager) {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "console_tests.rs"]
+mod tests;
