@@ -143,7 +143,7 @@ pub struct ServeArgs {
     pub disk_reserve: u32,
     /// Most MiB a live VM's console.log keeps on disk; past it the oldest
     /// output is dropped, keeping the newest half.
-    #[arg(long, env = "TINE_CONSOLE_LOG_MAX_MIB", default_value_t = 8)]
+    #[arg(long, env = "TINE_CONSOLE_LOG_MAX_MIB", default_value_t = (tine_manager::console::DEFAULT_MAX >> 20) as u32)]
     pub console_log_max_mib: u32,
 }
 

@@ -44,6 +44,7 @@ fn a_flooded_console_log_stays_near_its_cap_and_logs_show_the_newest_lines() {
     let answers = d.sh("spam", "echo ok");
     d.ok(&["rm", "-f", "spam"]);
     let seen = followed.join().unwrap();
+    let status = follower.wait().unwrap();
 
     assert!(disk < 2 * CAP, "console.log holds {disk} bytes on disk");
     let last = logs.lines().last().unwrap_or_default();
@@ -57,8 +58,12 @@ fn a_flooded_console_log_stays_near_its_cap_and_logs_show_the_newest_lines() {
     );
     assert_eq!(answers, "ok\n");
     // A trim moves offsets: a follower must neither repeat nor reorder.
-    assert!(seen.windows(2).all(|w| w[0] < w[1]), "follower repeated lines");
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "follower repeated lines"
+    );
     assert_eq!(seen.last(), Some(&60000));
+    assert!(status.success(), "logs -f ended with {status}");
 }
 
 /// Allocated bytes of `log` once a sweep (every 2 s) has trimmed it.

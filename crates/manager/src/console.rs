@@ -45,7 +45,7 @@ impl Trims {
     pub fn stamp(&self) -> Option<(u64, u64)> {
         let s = self.seq.load(Ordering::SeqCst);
         let d = self.dropped.load(Ordering::SeqCst);
-        (s % 2 == 0 && self.seq.load(Ordering::SeqCst) == s).then_some((s, d))
+        (s.is_multiple_of(2) && self.seq.load(Ordering::SeqCst) == s).then_some((s, d))
     }
 
     /// Whether no trim began since `stamp` returned `s`.
@@ -179,7 +179,12 @@ fn sweep(mgr: &crate::Manager) {
             Ok((t, first)) => {
                 mgr.metrics.console_trims.fetch_add(1, Ordering::Relaxed);
                 if first {
-                    tracing::info!(name = rec.name, max, ?t, "console log over its cap: dropping its oldest output");
+                    tracing::info!(
+                        name = rec.name,
+                        max,
+                        ?t,
+                        "console log over its cap: dropping its oldest output"
+                    );
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -18,10 +18,7 @@ fn lines(from: usize, n: usize) -> String {
 }
 
 fn append(path: &Path, text: &str) {
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .unwrap();
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
     f.write_all(text.as_bytes()).unwrap();
 }
 
@@ -55,7 +52,11 @@ fn trim_keeps_the_newest_whole_lines(kind: FsKind) {
     let expected = lines(0, 50_010);
     assert!(text.starts_with("line "), "{:?}", &text[..40]);
     assert!(expected.ends_with(&text), "not the newest lines");
-    assert!((MIB / 2 - 4096..=MIB / 2 + 8192).contains(&(text.len() as u64)), "{}", text.len());
+    assert!(
+        (MIB / 2 - 4096..=MIB / 2 + 8192).contains(&(text.len() as u64)),
+        "{}",
+        text.len()
+    );
     if collapses {
         assert!(std::fs::metadata(&log).unwrap().len() <= MIB);
     }

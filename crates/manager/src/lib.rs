@@ -334,7 +334,10 @@ impl Manager {
         name_or_id: &str,
     ) -> Result<(PathBuf, Arc<console::Trims>), ManagerError> {
         let slot = self.slot(name_or_id)?;
-        Ok((self.hv.endpoints(&slot.dir).console_log, slot.console.clone()))
+        Ok((
+            self.hv.endpoints(&slot.dir).console_log,
+            slot.console.clone(),
+        ))
     }
 
     fn slot(&self, name_or_id: &str) -> Result<Arc<Slot>, ManagerError> {

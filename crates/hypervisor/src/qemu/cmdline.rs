@@ -102,10 +102,7 @@ pub fn build(spec: &VmSpec, boot: &Boot, paused: bool) -> Vec<String> {
         "-chardev".into(),
         // Appending: the daemon drops the file's oldest part in place
         // (collapse range), and QEMU must keep writing at its new end.
-        format!(
-            "file,id=con,path={},append=on",
-            esc(&run.join(CONSOLE_LOG))
-        ),
+        format!("file,id=con,path={},append=on", esc(&run.join(CONSOLE_LOG))),
         "-serial".into(),
         "chardev:con".into(),
         "-drive".into(),
@@ -245,7 +242,9 @@ mod tests {
     #[test]
     fn console_file_is_opened_for_appending() {
         let a = build(&spec(Accel::Tcg), &Boot::Fresh, false);
-        assert!(a.iter().any(|x| x.starts_with("file,id=con,") && x.ends_with(",append=on")));
+        assert!(a
+            .iter()
+            .any(|x| x.starts_with("file,id=con,") && x.ends_with(",append=on")));
     }
 
     #[test]
