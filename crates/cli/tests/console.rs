@@ -51,7 +51,8 @@ fn a_flooded_console_log_stays_near_its_cap_and_logs_show_the_newest_lines() {
     assert_eq!(last.trim_end(), "console-marker-42");
     let first = logs.lines().next().unwrap_or_default();
     assert!(first.starts_with("n "), "partial first line: {first:?}");
-    assert!(logs.len() as u64 <= CAP, "{} bytes shown", logs.len());
+    // Up to the cap plus what the guest wrote since the last sweep.
+    assert!((logs.len() as u64) < 2 * CAP, "{} bytes shown", logs.len());
     assert!(
         !trims.contains("tine_console_trims_total 0"),
         "no trim counted"
