@@ -141,6 +141,10 @@ pub struct ServeArgs {
     /// Free space standby, snapshot and fork must leave in the data directory, e.g. 256M.
     #[arg(long, env = "TINE_DISK_RESERVE", value_parser = crate::output::parse_mib, default_value = "256M")]
     pub disk_reserve: u32,
+    /// Most MiB a live VM's console.log keeps on disk; past it the oldest
+    /// output is dropped, keeping the newest half.
+    #[arg(long, env = "TINE_CONSOLE_LOG_MAX_MIB", default_value_t = (tine_manager::console::DEFAULT_MAX >> 20) as u32)]
+    pub console_log_max_mib: u32,
 }
 
 #[derive(Args, Debug)]

@@ -33,6 +33,11 @@ pub async fn serve(g: &Global, a: ServeArgs, data_dir: &Path) -> Result<()> {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     cfg.boot_timeout = Duration::from_secs(a.boot_timeout);
+    anyhow::ensure!(
+        a.console_log_max_mib >= 1,
+        "--console-log-max-mib must be at least 1"
+    );
+    cfg.console_log_max = u64::from(a.console_log_max_mib) << 20;
     cfg.fork_memory = a.fork_memory.parse().map_err(anyhow::Error::msg)?;
     let network: tine_manager::network::NetworkMode =
         a.network.parse().map_err(anyhow::Error::msg)?;

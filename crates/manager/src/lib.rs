@@ -12,6 +12,7 @@ pub mod admission;
 mod agent;
 mod base;
 pub mod compress;
+pub mod console;
 mod datalock;
 pub mod error;
 pub mod failpoint;
@@ -71,6 +72,8 @@ pub struct Config {
     pub network: network::NetworkOptions,
     /// Caps, the memory budget and the disk reserve (`admission.rs`).
     pub limits: admission::Limits,
+    /// Most bytes a live VM's console log keeps (`console.rs`).
+    pub console_log_max: u64,
 }
 
 /// How a fork gets its memory file.
@@ -111,6 +114,7 @@ impl Config {
             fork_memory: ForkMemory::Link,
             network: network::NetworkOptions::default(),
             limits: admission::Limits::detect(),
+            console_log_max: console::DEFAULT_MAX,
         }
     }
 }
@@ -180,6 +184,8 @@ struct Slot {
     files: Arc<tokio::sync::RwLock<()>>,
     rec: Mutex<InstanceRecord>,
     agent: agent::AgentSlot,
+    /// Trims of its console log (see `console.rs`).
+    console: Arc<console::Trims>,
 }
 
 impl Slot {
@@ -276,6 +282,7 @@ impl Manager {
         recover::load_all(&mgr).await?;
         mgr.network_recover().await?;
         mgr.load_pools();
+        console::spawn_sweep(&mgr);
         Ok(mgr)
     }
 
@@ -321,10 +328,16 @@ impl Manager {
         Ok(self.slot(name_or_id)?.info())
     }
 
-    /// Path of the serial console log of an instance.
-    pub fn console_log(&self, name_or_id: &str) -> Result<PathBuf, ManagerError> {
+    /// Path of the serial console log of an instance, and its trims.
+    pub fn console_log(
+        &self,
+        name_or_id: &str,
+    ) -> Result<(PathBuf, Arc<console::Trims>), ManagerError> {
         let slot = self.slot(name_or_id)?;
-        Ok(self.hv.endpoints(&slot.dir).console_log)
+        Ok((
+            self.hv.endpoints(&slot.dir).console_log,
+            slot.console.clone(),
+        ))
     }
 
     fn slot(&self, name_or_id: &str) -> Result<Arc<Slot>, ManagerError> {

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub shares_linked: AtomicU64,
     pub shares_copied: AtomicU64,
     pub unshares: AtomicU64,
+    /// Console logs trimmed to their cap (`console.rs`).
+    pub console_trims: AtomicU64,
     /// Fallback reasons (errno names) of shares and unshares, with counts.
     pub fallbacks: Mutex<Vec<(String, u64)>>,
 }
@@ -110,6 +112,12 @@ impl Metrics {
             "tine_unshares_total",
             "Memory files given a private copy before a write.",
             self.unshares.load(Ordering::Relaxed),
+        );
+        c(
+            &mut o,
+            "tine_console_trims_total",
+            "Times a console log over its cap lost its oldest part.",
+            self.console_trims.load(Ordering::Relaxed),
         );
         let _ = writeln!(o, "# HELP tine_memory_shares_total Memory files shared with a fork, by method.\n# TYPE tine_memory_shares_total counter");
         let _ = writeln!(

@@ -106,6 +106,7 @@ impl Manager {
             files: Default::default(),
             rec: Mutex::new(record),
             agent: agent::AgentSlot::default(),
+            console: Default::default(),
         });
         slots.insert(slot.id.clone(), slot.clone());
         Ok(slot)
@@ -550,7 +551,9 @@ pub(crate) fn console_tail(path: &std::path::Path, lines: usize) -> String {
             let _ = f.take(TAIL).read_to_end(&mut buf);
         }
     }
+    // A trimmed console log starts with NULs (`console.rs`).
     let text = String::from_utf8_lossy(&buf);
+    let text = text.trim_start_matches('\0');
     let all: Vec<String> = text
         .lines()
         .map(|l| crate::error::clip(l.to_string(), 200))

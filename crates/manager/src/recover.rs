@@ -78,6 +78,7 @@ pub(crate) async fn load_all(mgr: &Arc<Manager>) -> Result<(), ManagerError> {
             files: Default::default(),
             rec: Mutex::new(rec),
             agent: agent::AgentSlot::default(),
+            console: Default::default(),
         });
         if let Some(p) = unrecorded {
             settle_unrecorded(mgr, &slot, p).await?;

@@ -100,7 +100,9 @@ pub fn build(spec: &VmSpec, boot: &Boot, paused: bool) -> Vec<String> {
         "-append".into(),
         cmdline,
         "-chardev".into(),
-        format!("file,id=con,path={}", esc(&run.join(CONSOLE_LOG))),
+        // Appending: the daemon drops the file's oldest part in place
+        // (collapse range), and QEMU must keep writing at its new end.
+        format!("file,id=con,path={},append=on", esc(&run.join(CONSOLE_LOG))),
         "-serial".into(),
         "chardev:con".into(),
         "-drive".into(),
@@ -235,6 +237,14 @@ mod tests {
         assert!(!args
             .iter()
             .any(|a| a == "-monitor" || a == "-mon" || a == "-gdb"));
+    }
+
+    #[test]
+    fn console_file_is_opened_for_appending() {
+        let a = build(&spec(Accel::Tcg), &Boot::Fresh, false);
+        assert!(a
+            .iter()
+            .any(|x| x.starts_with("file,id=con,") && x.ends_with(",append=on")));
     }
 
     #[test]
