@@ -431,8 +431,10 @@ impl Manager {
         if let Err(e) = self.hv.load(&slot.dir, &proc, &boot).await {
             return Err((slot.clone(), e.into()));
         }
-        // Running: the burst's next fork may start (see `Manager::boot`).
-        drop(permit.take());
+        // Held until this fork is ready, as a cold fork holds it (see
+        // `Manager::boot`): released at running, a burst's claims all resume
+        // at once and their agents and identity calls compete on the cores.
+        let _slot = permit.take();
         let running_ms = crate::ops::ms(t0);
         let renamed = {
             let slots = self.slots.read().expect("slots");
