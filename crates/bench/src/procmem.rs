@@ -108,41 +108,11 @@ pub fn read_proc(pid: i32) -> Result<ProcMem> {
     Ok(parse_smaps(&text))
 }
 
-/// Bytes of `path` resident in the page cache (mincore over a read-only
-/// shared mapping: mapping faults nothing in).
+/// Bytes of `path` resident in the page cache.
 pub fn cached_bytes(path: &Path) -> Result<u64> {
-    let f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
-    let size = f.metadata()?.len() as usize;
-    if size == 0 {
-        return Ok(0);
-    }
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-    let pages = size.div_ceil(page);
-    let mut vec = vec![0u8; pages];
-    // SAFETY: a fresh read-only mapping of an open file, unmapped below;
-    // mincore writes exactly one byte per page of it into `vec`.
-    unsafe {
-        use std::os::fd::AsRawFd;
-        let addr = libc::mmap(
-            std::ptr::null_mut(),
-            size,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        );
-        if addr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).context("mmap for mincore");
-        }
-        let r = libc::mincore(addr, size, vec.as_mut_ptr());
-        let err = std::io::Error::last_os_error();
-        libc::munmap(addr, size);
-        if r != 0 {
-            return Err(err).context("mincore");
-        }
-    }
-    Ok(vec.iter().filter(|b| **b & 1 == 1).count() as u64 * page as u64)
+    let (resident, _) = tine_storage::resident_bytes(path)
+        .with_context(|| format!("page cache of {}", path.display()))?;
+    Ok(resident)
 }
 
 /// CPU time (user + system) of `pids` so far, in seconds.

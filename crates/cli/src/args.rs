@@ -278,8 +278,8 @@ pub struct ForkArgs {
     /// State of the new forks: running, standby or stopped.
     #[arg(long, default_value = "running")]
     pub target: String,
-    /// Forks made at once: a cold fork holds its slot until its agent
-    /// answers, a warm-pool claim until its vCPUs run.
+    /// Forks made at once: each holds its slot until it is ready (its agent
+    /// answered and its identity is applied), warm-pool claims included.
     #[arg(long, default_value_t = 4)]
     pub parallel: u32,
 }

@@ -13,6 +13,7 @@
 //! - [`ensure_exclusive`]: the guard of "never write into a memory file whose
 //!   link count is above one" — gives a path a private inode before a write.
 //! - [`write_atomic`]: crash-safe replacement of small records.
+//! - [`resident_bytes`]: how much of a file the page cache holds.
 //!
 //! Ownership: each public call owns the files it creates until it returns;
 //! on error it removes them. Callers own locking: calls that touch the same
@@ -35,6 +36,7 @@ mod exclusive;
 pub mod fiemap;
 mod probe;
 mod regions;
+mod resident;
 mod share;
 mod sparse;
 mod sys;
@@ -58,4 +60,5 @@ pub use error::CopyError;
 pub use exclusive::{ensure_exclusive, StorageError, Unshare, UnshareAction, UnshareError};
 pub use probe::reflink_supported;
 pub use regions::data_bytes;
+pub use resident::resident_bytes;
 pub use share::{share, ShareError, ShareMethod, ShareReport};

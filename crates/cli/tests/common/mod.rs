@@ -492,29 +492,8 @@ pub fn guest_rootfs() -> PathBuf {
     dir.join(m["rootfs"].as_str().unwrap())
 }
 
-/// Fraction of `path`'s pages in the page cache (mincore over a read-only
-/// shared mapping, which faults nothing in).
+/// Fraction of `path` in the page cache.
 pub fn cached_fraction(path: &Path) -> f64 {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(path).unwrap();
-    let size = f.metadata().unwrap().len() as usize;
-    let pages = size.div_ceil(4096);
-    let mut vec = vec![0u8; pages];
-    // SAFETY: a fresh read-only mapping of an open file, unmapped below;
-    // mincore writes one byte per page of it into `vec`.
-    unsafe {
-        let addr = libc::mmap(
-            std::ptr::null_mut(),
-            size,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        );
-        assert_ne!(addr, libc::MAP_FAILED, "mmap {}", path.display());
-        let r = libc::mincore(addr, size, vec.as_mut_ptr());
-        libc::munmap(addr, size);
-        assert_eq!(r, 0, "mincore {}", path.display());
-    }
-    vec.iter().filter(|b| **b & 1 == 1).count() as f64 / pages as f64
+    let (resident, size) = tine_storage::resident_bytes(path).unwrap();
+    resident as f64 / size.max(1) as f64
 }

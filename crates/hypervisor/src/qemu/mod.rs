@@ -212,7 +212,7 @@ async fn begin_load(q: &mut Qmp, boot: &Boot) -> Result<(), HvError> {
         return Ok(());
     };
     // Must match the save: QEMU refuses a stream whose capability differs.
-    set_ignore_shared(q, !ram_in_state).await?;
+    set_migration_caps(q, !ram_in_state).await?;
     let uri = format!("file:{}", state_file.display());
     q.execute("migrate-incoming", Some(json!({ "uri": uri })))
         .await?;
@@ -247,12 +247,13 @@ impl Default for Qemu {
     }
 }
 
-/// Set explicitly every time: capabilities persist in a QEMU process (an
-/// incoming load sets it on; a later save may need it off).
-/// `events` makes QEMU announce migration states, so waits need no polling.
-async fn set_ignore_shared(q: &mut Qmp, on: bool) -> Result<(), HvError> {
+/// Before every migration: `x-ignore-shared` is set explicitly each time
+/// (capabilities persist in a QEMU process: an incoming load sets it on, a
+/// later save may need it off); `events` makes QEMU announce migration
+/// states, so a load's wait needs no polling.
+async fn set_migration_caps(q: &mut Qmp, ignore_shared: bool) -> Result<(), HvError> {
     let caps = json!({ "capabilities": [
-        { "capability": "x-ignore-shared", "state": on },
+        { "capability": "x-ignore-shared", "state": ignore_shared },
         { "capability": "events", "state": true },
     ] });
     q.execute("migrate-set-capabilities", Some(caps)).await?;
@@ -485,7 +486,7 @@ impl Hypervisor for Qemu {
         }
         q.execute("stop", None).await?;
         let pause_ms = t0.elapsed().as_secs_f64() * 1e3;
-        set_ignore_shared(&mut q, ram == RamSave::InMemoryFile).await?;
+        set_migration_caps(&mut q, ram == RamSave::InMemoryFile).await?;
         remove_stale(state_file)?;
         // QEMU may create no file (Landlock): it writes into ours.
         let file = confine::create_private(state_file).map_err(|e| HvError::io(state_file, e))?;
